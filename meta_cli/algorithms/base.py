@@ -1,0 +1,55 @@
+"""The contract between the training loop and a meta-learning algorithm."""
+from __future__ import annotations
+
+import abc
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meta_cli.data.base import Episode
+from meta_cli.errors import UserError
+
+Task = Literal["classification", "regression"]
+
+
+class Algorithm(nn.Module, abc.ABC):
+    """A meta-learner whose parameters are the meta-parameters (what Adam updates).
+
+    Subclasses take the backbone (an nn.Module with `out_features`), the task kind and the
+    number of outputs (ways) from the engine, and their hyperparameters from the config.
+    """
+
+    injected = ("backbone", "task", "outputs")
+    tasks: tuple[Task, ...] = ("classification", "regression")
+    #: True when the model's output layer fixes the number of ways (MAML's head).
+    fixed_ways = False
+
+    def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
+        super().__init__()
+        if task not in self.tasks:
+            raise UserError(
+                f"algorithm {type(self).__name__} does only {' and '.join(self.tasks)}; "
+                f"this dataset is {task}. Pick another algorithm or dataset."
+            )
+        self.task = task
+        self.outputs = outputs
+
+    @abc.abstractmethod
+    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Adapt to `episode.support`, then return the query loss and query accuracy.
+
+        Accuracy is None for regression. `training` selects the meta-training inner loop
+        (e.g. second-order) versus the test-time one.
+        """
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(output, target)
+        return F.mse_loss(output, target)
+
+    def accuracy(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        if self.task != "classification":
+            return None
+        return (output.argmax(dim=1) == target).float().mean()

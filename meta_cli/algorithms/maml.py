@@ -1,0 +1,66 @@
+"""MAML (Finn et al., 2017) through learn2learn's `l2l.algorithms.MAML`."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from meta_cli._l2l import l2l
+from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.data.base import Episode
+from meta_cli.params import Ge, Gt
+
+
+def adapt(learner: l2l.algorithms.MAML, loss: torch.Tensor, first_order: bool) -> None:
+    """One inner step. learn2learn's adapt() prints an autograd error and then fails with a
+    misleading UnboundLocalError; surface the real cause instead."""
+    try:
+        learner.adapt(loss, first_order=first_order)
+    except UnboundLocalError as exc:
+        raise RuntimeError(
+            "MAML inner-loop gradient failed (learn2learn hid the autograd error printed "
+            "above): a parameter of the model is unused or does not require grad."
+        ) from exc
+
+
+class MAML(Algorithm):
+    """Model = backbone + linear head; inner loop: SGD on the support loss from a clone.
+
+    Meta-training backpropagates through the inner steps (second order unless
+    first_order=true). At test time the inner loop runs `test_adaptation_steps` first-order
+    steps: the meta-gradient is not needed there.
+    """
+
+    fixed_ways = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: Task,
+        outputs: int,
+        fast_lr: Annotated[float, Gt(0)] = 0.4,
+        adaptation_steps: Annotated[int, Ge(1)] = 1,
+        test_adaptation_steps: Annotated[int, Ge(0)] = 3,
+        first_order: bool = False,
+    ) -> None:
+        super().__init__(backbone, task, outputs)
+        head = nn.Linear(backbone.out_features, outputs)
+        if task == "classification":  # learn2learn's OmniglotCNN head initialisation
+            head.weight.data.normal_()
+            head.bias.data.zero_()
+        self.maml = l2l.algorithms.MAML(nn.Sequential(backbone, head), lr=fast_lr,
+                                        first_order=first_order)
+        self.adaptation_steps = adaptation_steps
+        self.test_adaptation_steps = test_adaptation_steps
+        self.first_order = first_order
+
+    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        steps = self.adaptation_steps if training else self.test_adaptation_steps
+        with torch.enable_grad():
+            learner = self.maml.clone()
+            for _ in range(steps):
+                support_loss = self.loss(learner(episode.support), episode.support_labels)
+                adapt(learner, support_loss, first_order=self.first_order or not training)
+        output = learner(episode.query)
+        return self.loss(output, episode.query_labels), self.accuracy(output, episode.query_labels)

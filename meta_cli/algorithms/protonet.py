@@ -1,0 +1,28 @@
+"""Prototypical Networks (Snell et al., 2017) with learn2learn's PrototypicalClassifier."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from meta_cli._l2l import l2l
+from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.data.base import Episode
+
+
+class ProtoNet(Algorithm):
+    """Logits = -squared Euclidean distance from each query embedding to each class mean
+    of the support embeddings. No inner loop: any number of ways works at test time."""
+
+    tasks = ("classification",)
+
+    def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
+        super().__init__(backbone, task, outputs)
+        self.backbone = backbone
+
+    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # One forward pass, as in learn2learn's ProtoNet example: batch norm sees both sets.
+        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
+        support, query = embeddings.split([len(episode.support), len(episode.query)])
+        classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
+        logits = classifier(query)
+        return self.loss(logits, episode.query_labels), self.accuracy(logits, episode.query_labels)

@@ -1,0 +1,68 @@
+"""`meta-cli eval checkpoint=PATH`: rebuild model and data from a checkpoint and meta-test it."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from meta_cli import checkpoint
+from meta_cli.apps.common import test_rows, write_results
+from meta_cli.build import Run, build, plain
+from meta_cli.errors import UserError
+from meta_cli.evaluation import EvalSettings
+from meta_cli.job import guarded, run_dir
+from meta_cli.validation import check_keys, check_node
+
+EVAL_KEYS = {"checkpoint", "data_root", "eval", "device"}
+
+
+def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
+    """Check the eval config and the checkpoint; return the restored run."""
+    config = plain(cfg)
+    check_keys(config, EVAL_KEYS, "")
+    check_node(config["eval"], "eval")
+    check_node(config["device"], "device")
+    if not isinstance(config["checkpoint"], str):
+        raise UserError("checkpoint must be a path, e.g. checkpoint=outputs/<run>/checkpoints/best.pt.")
+    path = Path(config["checkpoint"]).expanduser().resolve()
+    payload = checkpoint.load(path)
+    trained = copy.deepcopy(payload["config"])
+    if config["data_root"] is not None:
+        trained["dataset"]["root"] = config["data_root"]
+    trained["device"] = config["device"]
+    run = build(trained, splits=payload.get("splits") or None)
+    try:
+        run.algorithm.load_state_dict(payload["algorithm"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not match the model its config describes: "
+                        f"{' '.join(str(exc).split())[:300]}")
+    evaluation: EvalSettings = instantiate(config["eval"], _convert_="all")
+    evaluation.settings(run.algorithm, run.source)
+    return run, evaluation, payload, path
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> float:
+    run, evaluation, payload, path = prepare(cfg)
+    source = run.source.to(run.device)
+    algorithm = run.algorithm.to(run.device)
+    rows = test_rows(algorithm, source, evaluation, payload["choices"], run.config["seed"], path)
+    write_results(run_dir(), rows)
+    return rows[0]["accuracy"] if source.task == "classification" else rows[0]["loss"]
+
+
+def precheck(cfg: DictConfig) -> None:
+    """Everything the job checks before its first step (run by the CLI for every job)."""
+    prepare(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    return guarded(lambda: evaluate_checkpoint(cfg))
+
+
+if __name__ == "__main__":
+    main()

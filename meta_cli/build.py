@@ -1,0 +1,81 @@
+"""Compose the run's objects from a config, checking it first.
+
+Used by the CLI before anything starts (so a bad sweep fails before its first job), by
+`train` and by `eval` (with the config stored in a checkpoint).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from meta_cli.algorithms.base import Algorithm
+from meta_cli.data.base import TaskSource
+from meta_cli.errors import UserError
+from meta_cli.evaluation import EvalSettings
+from meta_cli.loop import TrainSettings
+from meta_cli.validation import check_keys, check_node
+
+GROUPS = ("algorithm", "dataset", "backbone", "device")
+TRAIN_KEYS = {*GROUPS, "train", "eval", "seed"}
+
+
+def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Resolve interpolations into a plain dict; a failing interpolation is a UserError."""
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise UserError(f"cannot resolve the config: {str(exc).splitlines()[0]}")
+
+
+@dataclass
+class Run:
+    config: dict[str, Any]
+    source: TaskSource
+    algorithm: Algorithm
+    device: torch.device
+
+
+def build_model(config: dict[str, Any], source: TaskSource) -> Algorithm:
+    backbone = instantiate(config["backbone"], input_shape=source.input_shape, _convert_="all")
+    outputs = source.ways if source.task == "classification" else 1
+    return instantiate(config["algorithm"], backbone=backbone, task=source.task, outputs=outputs,
+                       _convert_="all")
+
+
+def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None) -> Run:
+    """Check every group node and cross-constraint, then instantiate (data stays lazy)."""
+    for group in GROUPS:
+        check_node(config[group], group)
+    device = instantiate(config["device"])
+    source: TaskSource = instantiate(config["dataset"], splits=splits, _convert_="all")
+    algorithm = build_model(config, source)
+    return Run(config, source, algorithm, device)
+
+
+def check_seed(config: dict[str, Any]) -> int:
+    check_keys(config, TRAIN_KEYS, "")
+    seed = config["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0; got {seed!r}.")
+    return seed
+
+
+def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, EvalSettings]:
+    config = plain(cfg)
+    check_seed(config)
+    check_node(config["train"], "train")
+    check_node(config["eval"], "eval")
+    run = build(config)
+    for split in ("train", "val"):
+        run.source.check(split, run.source.ways, run.source.shots, run.source.query, prefix="dataset.")
+    settings: TrainSettings = instantiate(config["train"], _convert_="all")
+    evaluation: EvalSettings = instantiate(config["eval"], _convert_="all")
+    evaluation.settings(run.algorithm, run.source)
+    return run, settings, evaluation

@@ -1,0 +1,95 @@
+"""`meta-cli`: one Hydra app per subcommand, behind a small dispatcher.
+
+Hydra has no subcommands, so `meta-cli train ...` hands the rest of the command line to the
+`train` app. Before that, the whole command line (every job of a sweep) is validated, so a
+bad value stops with one line before any work starts.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from meta_cli.errors import UserError
+
+COMMANDS = {
+    "train": ("meta_cli.apps.train", "train", "meta-train a model; writes checkpoints, metrics.csv, accuracy.csv"),
+    "eval": ("meta_cli.apps.eval", "eval", "meta-test a checkpoint: meta-cli eval checkpoint=PATH"),
+}
+USAGE = """usage: meta-cli <command> [-m] [key=value ...] [hydra options]
+
+Few-shot meta-learning experiments (MAML, ProtoNet) on learn2learn, configured with Hydra.
+
+commands:
+{commands}
+
+examples:
+  meta-cli train dataset=sinusoid
+  meta-cli train algorithm=protonet dataset=omniglot dataset.shots=5
+  meta-cli train -m algorithm=maml,protonet dataset.shots=1,5
+  meta-cli eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt
+  meta-cli train --help        (config groups and options of one command)
+"""
+# Hydra flags that take a value, and flags after which no job runs.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion",
+              "-sc", "--experimental-rerun", "--config-name", "-cn", "--config-path", "-cp",
+              "--config-dir", "-cd"}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    return USAGE.format(commands="\n".join(f"  {n.ljust(width)}  {d}" for n, (_, _, d) in COMMANDS.items()))
+
+
+def _overrides(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in VALUE_FLAGS:
+            skip = True
+        elif not a.startswith("-"):
+            out.append(a)
+    return out
+
+
+def _error(message: str, code: int) -> int:
+    print(f"meta-cli: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from meta_cli import __version__
+        print(f"meta-cli {__version__}")
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        return _error(f"unknown command '{command}' (choose from: {', '.join(COMMANDS)}); "
+                      f"see 'meta-cli --help'.", 2)
+    module_name, config_name, _ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    from meta_cli.job import FAILED
+    from meta_cli.precheck import precheck
+
+    if not INFO_FLAGS.intersection(args):
+        try:
+            precheck(config_name, _overrides(args), module.precheck)
+        except UserError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            return _error(str(exc), 1)
+    sys.argv = [f"meta-cli {command}", *args]
+    module.main()
+    if FAILED:
+        return 1
+    return 0
+
+
+def main() -> None:
+    raise SystemExit(run(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""What every dataset gives the engine: seeded episodes by (split, index)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Split = Literal["train", "val", "test"]
+SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Episode:
+    """One few-shot task.
+
+    Classification: support (ways * shots, C, H, W), support_labels (ways * shots,) in
+    0..ways-1, class-major; query (ways * query, C, H, W), query_labels (ways * query,).
+    Regression: support (shots, 1), support_labels (shots, 1); query likewise.
+    """
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Episode":
+        return Episode(*(t.to(device, non_blocking=True) for t in
+                         (self.support, self.support_labels, self.query, self.query_labels)))
+
+
+def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The RNG of one episode, derived from (seed, split, index) alone.
+
+    Episodes never touch a global RNG, so the same seed gives the same episodes whatever ran
+    before (evaluation is independent of training; resuming replays nothing).
+    """
+    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+
+
+class TaskSource(abc.ABC):
+    """A dataset that yields episodes. Subclasses are Hydra `_target_`s."""
+
+    task: Literal["classification", "regression"]
+    input_shape: tuple[int, ...]  # one sample, e.g. (1, 28, 28)
+    # Set at run time by the engine, not from the config.
+    injected: tuple[str, ...] = ("splits",)
+
+    ways: int
+    shots: int
+    query: int
+
+    @abc.abstractmethod
+    def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
+                query: int) -> Episode:
+        """Episode number `index` of `split`; the same arguments give the same episode."""
+
+    def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
+        """Raise UserError when an episode of this shape cannot be drawn from `split`."""
+
+    def to(self, device: torch.device) -> "TaskSource":
+        """Keep the data on the training device so that sampling never copies from host."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """Splits (class lists) and preprocessing, saved in the run dir and checkpoints."""
+        return {"splits": {}, "preprocessing": {}}

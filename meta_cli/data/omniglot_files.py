@@ -1,0 +1,148 @@
+"""Omniglot's official zips: find or download them, decode once, cache as one uint8 tensor."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from meta_cli.errors import UserError
+
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
+SOURCE_PAGE = "https://github.com/brendenlake/omniglot/tree/master/python"
+MD5 = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+    "images_background_small1.zip": "e704a628b5459e08445c13499850abc4",
+    "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
+}
+IMAGE_SIZE = 28
+CACHE_FORMAT = 1
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(name: str, folder: Path) -> None:
+    """Fetch one official zip into `folder`, md5-checked, renamed into place only when whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(URL.format(name=name), timeout=30) as r:
+            while block := r.read(1 << 20):
+                out.write(block)
+        if md5(Path(tmp)) != MD5[name]:
+            raise OSError(f"md5 mismatch for the downloaded {name}")
+        os.replace(tmp, folder / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_zips(folder: Path, names: list[str], download: bool) -> list[Path]:
+    """Paths of the zips, downloading the missing ones when allowed; else one clear error."""
+    missing = [n for n in names if not (folder / n).is_file()]
+    reason = "dataset.download=false"
+    if missing and download:
+        try:
+            for name in missing:
+                _download(name, folder)
+            missing = []
+        except (OSError, ValueError) as exc:  # URLError is an OSError; so is a read-only root
+            reason = f"download failed: {getattr(exc, 'reason', exc)}"
+    if missing:
+        raise UserError(
+            f"Omniglot files missing in {folder}: {', '.join(missing)} ({reason}). "
+            f"Put the official zips there (from {SOURCE_PAGE}), or point dataset.root "
+            f"(or META_CLI_DATA) at a folder that holds omniglot/."
+        )
+    return [folder / n for n in names]
+
+
+def list_characters(zip_path: Path) -> dict[str, list[str]]:
+    """'Alphabet/characterNN' -> its PNG members, from `<stem>/<Alphabet>/<character>/*.png`."""
+    characters: dict[str, list[str]] = {}
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            for member in z.namelist():
+                parts = member.split("/")
+                if len(parts) == 4 and parts[3].lower().endswith(".png"):
+                    characters.setdefault(f"{parts[1]}/{parts[2]}", []).append(member)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{zip_path} is not a readable zip ({exc}); replace it with the official file.")
+    if not characters:
+        raise UserError(f"{zip_path} holds no <Alphabet>/<character>/*.png images: not an Omniglot zip.")
+    return {k: sorted(v) for k, v in sorted(characters.items())}
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    """105x105 black-on-white PNG -> 28x28 uint8 with strokes bright (255 = stroke)."""
+    try:
+        image = Image.open(io.BytesIO(data)).convert("L")
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    except Exception as exc:  # PIL raises many types for a bad file
+        raise UserError(f"cannot decode image {where}: {exc}")
+    return 255 - np.asarray(image, dtype=np.uint8)
+
+
+def _cache_dir(folder: Path) -> Path:
+    preferred = folder / "cache"
+    try:
+        preferred.mkdir(exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    fallback = Path(os.environ.get("META_CLI_CACHE", "~/.cache/meta-cli")).expanduser() / "omniglot"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndarray]]:
+    """Decode every character image of `zips` (cached).
+
+    Returns images (N, 28, 28) uint8, character ids '<zip stem>:<Alphabet>/<character>' and,
+    per character, the indices of its images.
+    """
+    stat = [(z.name, z.stat().st_size, int(z.stat().st_mtime)) for z in zips]
+    key = hashlib.sha256(repr((CACHE_FORMAT, IMAGE_SIZE, stat)).encode()).hexdigest()[:16]
+    cache = _cache_dir(zips[0].parent) / f"omniglot-{IMAGE_SIZE}px-{key}.pt"
+    if cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            offsets = blob["offsets"].tolist()
+            groups = [np.arange(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+            return blob["images"], list(blob["characters"]), groups
+        except Exception:
+            pass  # a stale or damaged cache is rebuilt below
+    images, characters, offsets = [], [], [0]
+    for zip_path in zips:
+        with zipfile.ZipFile(zip_path) as z:
+            for character, members in list_characters(zip_path).items():
+                characters.append(f"{zip_path.stem}:{character}")
+                images.extend(_decode(z.read(m), f"{zip_path}:{m}") for m in members)
+                offsets.append(len(images))
+    tensor = torch.from_numpy(np.stack(images))
+    blob = {"images": tensor, "characters": characters, "offsets": torch.tensor(offsets)}
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, cache)  # parallel jobs may race here; each writes a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    groups = [np.arange(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
+    return tensor, characters, groups

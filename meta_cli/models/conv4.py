@@ -1,0 +1,53 @@
+"""Conv-4 backbones on learn2learn's ConvBase.
+
+max_pool=false: the MAML paper's Omniglot CNN (learn2learn's OmniglotCNN): 3x3 convs of
+stride 2, batch norm, ReLU, then the spatial mean -> (N, hidden).
+max_pool=true: the ProtoNet Conv-4: 3x3 convs, batch norm, ReLU, 2x2 max-pool, flattened.
+
+Batch norm uses the statistics of each batch, in training and at test time alike, as in
+MAML and learn2learn's examples (which never call .eval()); running statistics are not
+tracked, so evaluating a model never changes it.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from meta_cli._l2l import l2l
+from meta_cli.errors import UserError
+from meta_cli.params import Ge
+
+
+def _batch_statistics_only(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+
+
+class Conv4(nn.Module):
+    """(N, C, H, W) images -> (N, out_features) embeddings."""
+
+    injected = ("input_shape",)
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: Annotated[int, Ge(1)] = 64,
+                 max_pool: bool = False, layers: Annotated[int, Ge(1)] = 4) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise UserError(f"backbone conv4 needs images (C, H, W); this dataset gives inputs "
+                            f"of shape {tuple(input_shape)}. Use backbone=mlp.")
+        channels, height, width = input_shape
+        self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
+                                               max_pool=max_pool, layers=layers)
+        _batch_statistics_only(self.base)
+        self.max_pool = max_pool
+        with torch.no_grad():
+            self.out_features = self._pool(self.base(torch.zeros(2, channels, height, width))).shape[1]
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) if self.max_pool else x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pool(self.base(x))

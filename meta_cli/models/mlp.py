@@ -1,0 +1,30 @@
+"""Fully connected backbone; with its 1-output head this is the MAML paper's 1-40-40-1."""
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from meta_cli.params import Ge
+
+
+class MLP(nn.Module):
+    """(N, *input_shape) -> (N, hidden[-1]) with ReLU after every layer."""
+
+    injected = ("input_shape",)
+
+    def __init__(self, input_shape: tuple[int, ...],
+                 hidden: list[Annotated[int, Ge(1)]] = (40, 40)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.net = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

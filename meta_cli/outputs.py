@@ -1,0 +1,68 @@
+"""The run dir's CSV files: metrics.csv (learning curve) and accuracy.csv (meta-test)."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "elapsed_s"]
+ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
+                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+class MetricsLog:
+    """Appends rows to metrics.csv, flushed per row so a crash loses nothing written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self._file = open(path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(METRICS_COLUMNS)
+            self._file.flush()
+
+    def write(self, iteration: int, split: str, loss: float, accuracy: float | None,
+              tasks_per_s: float | None, elapsed_s: float) -> None:
+        self._writer.writerow([_cell(v) for v in (iteration, split, loss, accuracy, tasks_per_s, elapsed_s)])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    tmp = path.with_suffix(".csv.part")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in ACCURACY_COLUMNS})
+    tmp.replace(path)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """accuracy.csv rows as an aligned text table for the terminal."""
+    shown = ["algorithm", "dataset", "ways", "shots", "query", "split", "episodes", "accuracy", "loss"]
+    lines = []
+    for row in rows:
+        cells = {k: _cell(row.get(k)) for k in shown}
+        if row.get("accuracy") is not None and not math.isnan(row["accuracy"]):
+            cells["accuracy"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %"
+        else:
+            cells["loss"] = f"{row['loss']:.4f} +- {row['ci95']:.4f}"
+        lines.append(cells)
+    widths = {k: max(len(k), *(len(str(c[k])) for c in lines)) for k in shown}
+    out = ["  ".join(k.ljust(widths[k]) for k in shown)]
+    out += ["  ".join(str(c[k]).ljust(widths[k]) for k in shown) for c in lines]
+    return "\n".join(out)

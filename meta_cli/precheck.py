@@ -1,0 +1,76 @@
+"""Validate a command line before Hydra runs anything.
+
+Composes the config with Hydra's compose API for every combination of a sweep, then runs
+the same checks the job runs. Hydra's own composition errors (a misspelled key, an unknown
+group option) are turned into one line that names the key and what is allowed.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Callable
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+from meta_cli.errors import UserError
+
+MAX_COMBINATIONS = 256
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """Every job's override list, as Hydra's basic sweeper would expand them."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise UserError(f"cannot parse the overrides: {str(exc).splitlines()[0]}")
+    options: list[list[str]] = []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # interval()/tags for other sweepers: check the rest only
+                continue
+            options.append([f"{key}={v}" for v in values])
+        else:
+            options.append([o.input_line])
+    combos = [list(c) for c in itertools.product(*options)]
+    return combos[:MAX_COMBINATIONS]
+
+
+def _explain(exc: Exception) -> str:
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if isinstance(exc, MissingConfigException) and missing:
+        group, option = missing.groups()
+        available = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return f"Unknown {group} '{option}'. Available {group} options: {', '.join(available)}."
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _compose(config_name: str, overrides: list[str]):
+    try:
+        return compose(config_name=config_name, overrides=overrides)
+    except HydraException as exc:
+        key = re.search(r"Could not override '([^']+)'", str(exc))
+        if key and "not in struct" in str(exc):
+            # Compose it as an addition so the validator names the allowed keys.
+            bad = key.group(1)
+            fixed = ["+" + o if o.split("=", 1)[0] == bad else o for o in overrides]
+            try:
+                return compose(config_name=config_name, overrides=fixed)
+            except HydraException:
+                pass
+        raise UserError(_explain(exc))
+
+
+def precheck(config_name: str, overrides: list[str], check: Callable) -> None:
+    """Raise UserError for the first override combination that fails `check(cfg)`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
+        for combo in _combinations(overrides):
+            check(_compose(config_name, combo))
+    GlobalHydra.instance().clear()
