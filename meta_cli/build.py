@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,6 +23,16 @@ from meta_cli.validation import check_keys, check_node
 
 GROUPS = ("algorithm", "dataset", "backbone", "device")
 TRAIN_KEYS = {*GROUPS, "train", "eval", "seed"}
+
+
+def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:
+    """hydra.utils.instantiate that lets a constructor's UserError through unwrapped."""
+    try:
+        return hydra_instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
 
 
 def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -43,10 +54,9 @@ class Run:
 
 
 def build_model(config: dict[str, Any], source: TaskSource) -> Algorithm:
-    backbone = instantiate(config["backbone"], input_shape=source.input_shape, _convert_="all")
+    backbone = instantiate(config["backbone"], input_shape=source.input_shape)
     outputs = source.ways if source.task == "classification" else 1
-    return instantiate(config["algorithm"], backbone=backbone, task=source.task, outputs=outputs,
-                       _convert_="all")
+    return instantiate(config["algorithm"], backbone=backbone, task=source.task, outputs=outputs)
 
 
 def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None) -> Run:
@@ -54,7 +64,7 @@ def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None) ->
     for group in GROUPS:
         check_node(config[group], group)
     device = instantiate(config["device"])
-    source: TaskSource = instantiate(config["dataset"], splits=splits, _convert_="all")
+    source: TaskSource = instantiate(config["dataset"], splits=splits)
     algorithm = build_model(config, source)
     return Run(config, source, algorithm, device)
 
@@ -75,7 +85,7 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
     run = build(config)
     for split in ("train", "val"):
         run.source.check(split, run.source.ways, run.source.shots, run.source.query, prefix="dataset.")
-    settings: TrainSettings = instantiate(config["train"], _convert_="all")
-    evaluation: EvalSettings = instantiate(config["eval"], _convert_="all")
+    settings: TrainSettings = instantiate(config["train"])
+    evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.settings(run.algorithm, run.source)
     return run, settings, evaluation

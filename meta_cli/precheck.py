@@ -56,7 +56,7 @@ def _compose(config_name: str, overrides: list[str]):
         return compose(config_name=config_name, overrides=overrides)
     except HydraException as exc:
         key = re.search(r"Could not override '([^']+)'", str(exc))
-        if key and "not in struct" in str(exc):
+        if key and "+" + key.group(1) in str(exc):  # "To append to your config use +key=..."
             # Compose it as an addition so the validator names the allowed keys.
             bad = key.group(1)
             fixed = ["+" + o if o.split("=", 1)[0] == bad else o for o in overrides]

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
+
 from omegaconf import DictConfig
 
 from meta_cli import checkpoint
 from meta_cli.apps.common import test_rows, write_results
-from meta_cli.build import Run, build, plain
+from meta_cli.build import Run, build, instantiate, plain
 from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings
 from meta_cli.job import guarded, run_dir
@@ -40,7 +40,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path} does not match the model its config describes: "
                         f"{' '.join(str(exc).split())[:300]}")
-    evaluation: EvalSettings = instantiate(config["eval"], _convert_="all")
+    evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.settings(run.algorithm, run.source)
     return run, evaluation, payload, path
 

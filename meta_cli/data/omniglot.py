@@ -9,7 +9,7 @@ classes; here each character belongs to exactly one split:
   Greek and Latin repeat small1's alphabets and are not used.
 - variant=full (images_background.zip + images_evaluation.zip, 1,623 characters): the sorted
   characters are shuffled with random.Random(FULL_SPLIT_SEED) and cut 1,100 / 100 / 423 (the
-  MAML paper's sizes; proportionally for other character counts).
+  MAML paper's sizes; proportionally, at least one each, for other character counts).
 
 Images are 28x28, strokes 1 on 0. In meta-training each 90-degree rotation of a character is
 a class of its own (Santoro et al., 2016; Finn et al., 2017), chosen per class.
@@ -56,8 +56,10 @@ def make_splits(variant: str, characters: list[str]) -> dict[str, list[str]]:
     shuffled = sorted(characters)
     random.Random(FULL_SPLIT_SEED).shuffle(shuffled)  # own RNG: independent of the run's seed
     n = len(shuffled)
-    n_test = round(n * FULL_SIZES["test"] / FULL_SIZES["total"])
-    n_val = round(n * FULL_SIZES["val"] / FULL_SIZES["total"])
+    if n < 3:
+        raise UserError(f"Omniglot full variant needs at least 3 characters to split; found {n}.")
+    n_test = max(1, round(n * FULL_SIZES["test"] / FULL_SIZES["total"]))
+    n_val = max(1, round(n * FULL_SIZES["val"] / FULL_SIZES["total"]))
     n_train = n - n_val - n_test
     return {
         "train": shuffled[:n_train],

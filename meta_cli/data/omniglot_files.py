@@ -97,17 +97,11 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return 255 - np.asarray(image, dtype=np.uint8)
 
 
-def _cache_dir(folder: Path) -> Path:
-    preferred = folder / "cache"
-    try:
-        preferred.mkdir(exist_ok=True)
-        if os.access(preferred, os.W_OK):
-            return preferred
-    except OSError:
-        pass
-    fallback = Path(os.environ.get("META_CLI_CACHE", "~/.cache/meta-cli")).expanduser() / "omniglot"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+def _cache_dir() -> Path:
+    """META_CLI_CACHE or ~/.cache/meta-cli: never beside the zips, which may be shared."""
+    folder = Path(os.environ.get("META_CLI_CACHE", "~/.cache/meta-cli")).expanduser() / "omniglot"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndarray]]:
@@ -116,9 +110,9 @@ def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndar
     Returns images (N, 28, 28) uint8, character ids '<zip stem>:<Alphabet>/<character>' and,
     per character, the indices of its images.
     """
-    stat = [(z.name, z.stat().st_size, int(z.stat().st_mtime)) for z in zips]
+    stat = [(str(z.resolve()), z.stat().st_size, z.stat().st_mtime_ns) for z in zips]
     key = hashlib.sha256(repr((CACHE_FORMAT, IMAGE_SIZE, stat)).encode()).hexdigest()[:16]
-    cache = _cache_dir(zips[0].parent) / f"omniglot-{IMAGE_SIZE}px-{key}.pt"
+    cache = _cache_dir() / f"omniglot-{IMAGE_SIZE}px-{key}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real Omniglot minimal zips from ../shared and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding omniglot/; a missing copy is a failure, never a skip."""
+    folder = SHARED_DATA / "omniglot"
+    assert (folder / "images_background_small1.zip").is_file(), (
+        f"the shared Omniglot zips are missing from {folder}: the tests need ../shared/datasets"
+    )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, data_root: Path, cache_dir: Path):
+    """Run `meta-cli ARGS` in a subprocess, in tmp_path, offline; returns CompletedProcess."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        full_env.update(META_CLI_DATA=str(data_root), META_CLI_CACHE=str(cache_dir), **(env or {}))
+        exe = Path(sys.executable).with_name("meta-cli")
+        return subprocess.run([str(exe), *args], cwd=cwd or tmp_path, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run dirs under root/outputs (those with a .hydra folder)."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))

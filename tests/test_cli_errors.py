@@ -1,0 +1,110 @@
+"""Every bad input stops before any work: one line on stderr, exit 1, no traceback, no run dir."""
+from __future__ import annotations
+
+import pytest
+
+BAD_TRAIN_INPUTS = [
+    # (overrides, words the one line must contain)
+    (["algorithm.fast_lrr=0.1"], ["algorithm.fast_lrr", "fast_lr", "adaptation_steps"]),
+    (["+algorithm.fast_lrr=0.1"], ["algorithm.fast_lrr", "Allowed keys", "fast_lr"]),
+    (["+misspelled=1"], ["'misspelled'", "Allowed keys", "train"]),
+    (["train.iteratons=5"], ["train.iteratons", "iterations"]),
+    (["dataset.ways=abc"], ["dataset.ways", "integer >= 2", "'abc'"]),
+    (["train.iterations=1.5"], ["train.iterations", "integer >= 1"]),
+    (["algorithm.first_order=maybe"], ["algorithm.first_order", "true or false"]),
+    (["dataset.ways=1"], ["dataset.ways", ">= 2"]),
+    (["dataset.shots=0"], ["dataset.shots", ">= 1"]),
+    (["algorithm.fast_lr=0"], ["algorithm.fast_lr", "> 0"]),
+    (["train.meta_lr=-0.001"], ["train.meta_lr", "> 0"]),
+    (["dataset.ways=60"], ["dataset.ways=60", "59 classes", "val split", "<= 59"]),
+    (["dataset.ways=48"], ["eval.ways=48", "47 classes", "test split"]),
+    (["dataset.query=20"], ["shots + query = 21", "20 images"]),
+    (["dataset.variant=huge"], ["dataset.variant", "minimal, full"]),
+    (["algorithm=mamll"], ["algorithm 'mamll'", "maml, protonet"]),
+    (["backbone=resnet"], ["backbone 'resnet'", "conv4", "mlp"]),
+    (["device=cuda"], ["device=cuda", "device=cpu"]),
+    (["seed=-1"], ["seed", ">= 0"]),
+    (["algorithm=protonet", "dataset=sinusoid"], ["classification", "regression"]),
+    (["dataset=sinusoid", "backbone=conv4"], ["conv4", "backbone=mlp"]),
+    (["algorithm=maml", "eval.ways=10"], ["eval.ways=10", "5-way", "head"]),
+    (["-m", "dataset.ways=5,60"], ["dataset.ways=60", "59 classes"]),  # a sweep fails whole
+]
+
+
+def _assert_one_line_error(result, words, tmp_path):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("meta-cli: error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("overrides,words", BAD_TRAIN_INPUTS,
+                         ids=[" ".join(o) for o, _ in BAD_TRAIN_INPUTS])
+def test_bad_train_input(cli, tmp_path, overrides, words):
+    _assert_one_line_error(cli("train", *overrides), words, tmp_path)
+
+
+def test_missing_dataset_offline_names_files(cli, tmp_path):
+    result = cli("train", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false")
+    _assert_one_line_error(result, ["images_background_small1.zip", "images_background_small2.zip",
+                                    str(tmp_path / "empty" / "omniglot"), "META_CLI_DATA"], tmp_path)
+
+
+def test_eval_checkpoint_missing(cli, tmp_path):
+    result = cli("eval", "checkpoint=nope/best.pt")
+    _assert_one_line_error(result, ["does not exist", "best.pt"], tmp_path)
+
+
+def test_eval_checkpoint_is_a_directory(cli, tmp_path):
+    (tmp_path / "run").mkdir()
+    result = cli("eval", f"checkpoint={tmp_path / 'run'}")
+    _assert_one_line_error(result, ["is a directory"], tmp_path)
+
+
+def test_eval_checkpoint_not_a_checkpoint(cli, tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    result = cli("eval", f"checkpoint={tmp_path / 'notes.pt'}")
+    _assert_one_line_error(result, ["notes.pt", "not a readable PyTorch file"], tmp_path)
+
+
+def test_eval_requires_checkpoint(cli, tmp_path):
+    result = cli("eval")
+    assert result.returncode == 1 and "checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_full_error_env_shows_traceback(cli, tmp_path):
+    result = cli("train", "dataset.ways=1", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_help_lists_commands(cli):
+    result = cli("--help")
+    assert result.returncode == 0
+    assert "train" in result.stdout and "eval" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error(cli):
+    result = cli("trian")
+    assert result.returncode == 2
+    assert "unknown command 'trian'" in result.stderr and "train, eval" in result.stderr
+    assert cli().returncode == 2
+
+
+def test_command_help_shows_config_groups(cli):
+    result = cli("train", "--help")
+    assert result.returncode == 0
+    for group in ("algorithm", "dataset", "backbone", "device"):
+        assert group in result.stdout
+    assert "protonet" in result.stdout and "sinusoid" in result.stdout and "conv4_pool" in result.stdout
+
+
+def test_cfg_job_prints_config_without_running(cli, tmp_path):
+    result = cli("train", "algorithm=protonet", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "meta_cli.algorithms.protonet.ProtoNet" in result.stdout
+    assert not (tmp_path / "outputs").exists()
