@@ -83,9 +83,17 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
     check_node(config["train"], "train")
     check_node(config["eval"], "eval")
     run = build(config)
-    for split in ("train", "val"):
-        run.source.check(split, run.source.ways, run.source.shots, run.source.query, prefix="dataset.")
+    source = run.source
     settings: TrainSettings = instantiate(config["train"])
+    if settings.ways is not None:
+        if source.task != "classification":
+            raise UserError("train.ways applies to classification only; leave it null.")
+        if run.algorithm.fixed_ways and settings.ways != source.ways:
+            raise UserError(f"train.ways={settings.ways} but {type(run.algorithm).__name__}'s output "
+                            f"layer has dataset.ways={source.ways} outputs; leave train.ways null.")
+        source.check("train", settings.ways, source.shots, source.query, prefix="train.")
+    source.check("train", source.ways, source.shots, source.query, prefix="dataset.")
+    source.check("val", source.ways, source.shots, source.query, prefix="dataset.")
     evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.settings(run.algorithm, run.source)
     return run, settings, evaluation

@@ -28,6 +28,9 @@ class TrainSettings:
     iterations: Annotated[int, Ge(1)] = 1000
     meta_batch_size: Annotated[int, Ge(1)] = 16
     meta_lr: Annotated[float, Gt(0)] = 0.003
+    #: Ways of the meta-training episodes; None: dataset.ways. Metric learners such as ProtoNet
+    #: train best on harder episodes than they are tested on (Snell et al. used 60 ways).
+    ways: Annotated[int, Ge(2)] | None = None
     val_every: Annotated[int, Ge(1)] = 100
     val_episodes: Annotated[int, Ge(1)] = 100
     log_every: Annotated[int, Ge(1)] = 10
@@ -50,11 +53,12 @@ class Trainer:
     def meta_step(self, iteration: int) -> tuple[float, float | None]:
         """One outer step; episodes are numbered so that each (seed, iteration) is fixed."""
         batch = self.settings.meta_batch_size
+        ways = self.settings.ways or self.source.ways
         self.optimizer.zero_grad(set_to_none=True)
         losses, accuracies = [], []
         for t in range(batch):
             episode = self.source.episode("train", (iteration - 1) * batch + t, self.seed,
-                                          self.source.ways, self.source.shots, self.source.query)
+                                          ways, self.source.shots, self.source.query)
             loss, accuracy = self.algorithm.episode_loss(episode, training=True)
             (loss / batch).backward()  # the mean query loss of the meta-batch
             losses.append(loss.detach())

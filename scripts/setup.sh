@@ -19,7 +19,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
   exit 0
 fi
 
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "$@"; }
+# The machine-wide pip config names index folders that do not exist; drop those warnings.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 pip_install --upgrade pip
 # learn2learn is built without isolation, so its build tools must be in the venv first.
