@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -54,6 +55,7 @@ class Run:
 
 
 def build_model(config: dict[str, Any], source: TaskSource) -> Algorithm:
+    get_object(config["algorithm"]["_target_"]).check_task(source.task)  # before the backbone
     backbone = instantiate(config["backbone"], input_shape=source.input_shape)
     outputs = source.ways if source.task == "classification" else 1
     return instantiate(config["algorithm"], backbone=backbone, task=source.task, outputs=outputs)

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -31,6 +31,8 @@ class TrainSettings:
     #: Ways of the meta-training episodes; None: dataset.ways. Metric learners such as ProtoNet
     #: train best on harder episodes than they are tested on (Snell et al. used 60 ways).
     ways: Annotated[int, Ge(2)] | None = None
+    #: constant, or cosine: meta_lr decays to 0 over `iterations` (per meta-step).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     val_every: Annotated[int, Ge(1)] = 100
     val_episodes: Annotated[int, Ge(1)] = 100
     log_every: Annotated[int, Ge(1)] = 10
@@ -46,6 +48,8 @@ class Trainer:
         self.checkpoints = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.csv")
         self.optimizer = torch.optim.Adam(algorithm.parameters(), lr=settings.meta_lr)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.iterations)
+                          if settings.lr_schedule == "cosine" else None)
         self.classification = source.task == "classification"
         self.best: dict[str, Any] = {"iteration": None, "value": None,
                                      "metric": "val_accuracy" if self.classification else "val_loss"}
@@ -65,6 +69,8 @@ class Trainer:
             if accuracy is not None:
                 accuracies.append(accuracy.detach())
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         mean_loss = torch.stack(losses).mean().item()
         return mean_loss, (torch.stack(accuracies).mean().item() if accuracies else None)
 
@@ -87,6 +93,7 @@ class Trainer:
             "iteration": iteration,
             "algorithm": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng": rng_state(),
             "best": dict(self.best),
         }, self.checkpoints / name)

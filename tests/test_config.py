@@ -37,6 +37,8 @@ def test_defaults():
     cfg = _compose([])
     assert cfg.algorithm._target_.endswith("maml.MAML") and cfg.dataset._target_.endswith("omniglot.Omniglot")
     assert cfg.backbone.max_pool is False and cfg.device.kind == "auto"
+    assert _compose(["algorithm=protonet"]).backbone.max_pool is True  # the paper's Conv-4
+    assert _compose(["algorithm=protonet", "backbone=conv4"]).backbone.max_pool is False
     assert cfg.algorithm.first_order is False  # second order by default
     assert _compose(["dataset=sinusoid"]).backbone._target_.endswith("mlp.MLP")
 

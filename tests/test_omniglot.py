@@ -175,3 +175,17 @@ def test_decoded_images_are_cached(data_root, cache_dir):
     assert len(minimal) == 1
     assert minimal[0]["images"].dtype == torch.uint8
     assert minimal[0]["images"].shape == (2720 + 3120, 28, 28)
+
+
+def test_augmentation_is_seeded_and_only_in_meta_training(data_root):
+    plain = Omniglot(str(data_root), augment=False)
+    augmented = Omniglot(str(data_root), augment=True)
+    a = augmented.episode("train", 0, seed=1, ways=5, shots=1, query=1)
+    b = augmented.episode("train", 0, seed=1, ways=5, shots=1, query=1)
+    p = plain.episode("train", 0, seed=1, ways=5, shots=1, query=1)
+    assert torch.equal(a.support, b.support)  # same (seed, split, index): same pixels
+    assert not torch.equal(a.support, p.support)  # ...but not the raw images
+    assert (a.support.sum() - p.support.sum()).abs() < 0.3 * p.support.sum()  # small changes only
+    for split in ("val", "test"):
+        assert torch.equal(augmented.episode(split, 0, 1, 5, 1, 1).support,
+                           plain.episode(split, 0, 1, 5, 1, 1).support)

@@ -28,13 +28,17 @@ class Algorithm(nn.Module, abc.ABC):
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
         super().__init__()
-        if task not in self.tasks:
-            raise UserError(
-                f"algorithm {type(self).__name__} does only {' and '.join(self.tasks)}; "
-                f"this dataset is {task}. Pick another algorithm or dataset."
-            )
+        self.check_task(task)
         self.task = task
         self.outputs = outputs
+
+    @classmethod
+    def check_task(cls, task: Task) -> None:
+        if task not in cls.tasks:
+            raise UserError(
+                f"algorithm {cls.__name__} does only {' and '.join(cls.tasks)}; "
+                f"this dataset is {task}. Pick another algorithm or dataset."
+            )
 
     @abc.abstractmethod
     def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -80,12 +80,13 @@ class Omniglot(TaskSource):
         shots: Annotated[int, Ge(1)] = 1,
         query: Annotated[int, Ge(1)] = 5,
         rotations: bool = True,
+        augment: bool = False,
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
         self.folder = Path(root).expanduser() / "omniglot"
         self.variant, self.ways, self.shots, self.query = variant, ways, shots, query
-        self.rotations = rotations
+        self.rotations, self.augment = rotations, augment
         self.zips = ensure_zips(self.folder, VARIANT_FILES[variant], download)
         counts: dict[str, int] = {}
         for z in self.zips:
@@ -131,9 +132,10 @@ class Omniglot(TaskSource):
             pixels = images.to(self.device).float().div_(255).unsqueeze(1)  # (N, 1, 28, 28)
             by_name = dict(zip(characters, groups))
             for s, chars in self.splits.items():
-                self._samplers[s] = ClassSampler(
-                    pixels, [by_name[c] for c in chars], rotations=self.rotations and s == "train"
-                )
+                training = s == "train"
+                self._samplers[s] = ClassSampler(pixels, [by_name[c] for c in chars],
+                                                 rotations=self.rotations and training,
+                                                 augment=self.augment and training)
         return self._samplers[split]
 
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
@@ -146,6 +148,6 @@ class Omniglot(TaskSource):
             "preprocessing": {
                 "image_size": IMAGE_SIZE, "channels": 1, "resize": "lanczos",
                 "invert": True, "scale": "0..1, strokes = 1",
-                "train_rotations": self.rotations,
+                "train_rotations": self.rotations, "train_augment": self.augment,
             },
         }

@@ -9,8 +9,28 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from meta_cli.data.base import Episode
+
+
+def random_affine(batch: torch.Tensor, rng: np.random.Generator, degrees: float = 10.0,
+                  scale: float = 0.1, shift: float = 0.1) -> torch.Tensor:
+    """Turn, scale and shift each image of (N, C, H, W) by its own small random amount.
+
+    Angles are U[-degrees, degrees], scales U[1 - scale, 1 + scale], shifts U[-shift, shift]
+    of the half-width; parameters come from `rng`, so an episode stays a function of its seed.
+    Uncovered pixels are 0: background for images whose strokes are 1.
+    """
+    n = batch.shape[0]
+    angle = np.deg2rad(rng.uniform(-degrees, degrees, n))
+    zoom = rng.uniform(1 - scale, 1 + scale, n)
+    tx, ty = rng.uniform(-shift, shift, (2, n))
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    theta = np.stack([np.stack([cos, -sin, tx], 1), np.stack([sin, cos, ty], 1)], 1)
+    theta_t = torch.as_tensor(theta, dtype=batch.dtype, device=batch.device)
+    grid = F.affine_grid(theta_t, list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class ClassSampler:
@@ -22,10 +42,11 @@ class ClassSampler:
     """
 
     def __init__(self, images: torch.Tensor, class_images: list[np.ndarray],
-                 rotations: bool = False) -> None:
+                 rotations: bool = False, augment: bool = False) -> None:
         self.images = images
         self.class_images = class_images
         self.rotations = rotations
+        self.augment = augment
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +71,8 @@ class ClassSampler:
         if any(turns):
             batch = torch.stack([torch.rot90(b, k, dims=(-2, -1)) if k else b
                                  for b, k in zip(batch, turns)])
+        if self.augment:
+            batch = random_affine(batch.flatten(0, 1), rng).view_as(batch)
         labels = torch.arange(ways, device=batch.device)
         return Episode(
             support=batch[:, :shots].reshape(ways * shots, *batch.shape[2:]),
