@@ -69,6 +69,7 @@ class Trainer:
             if accuracy is not None:
                 accuracies.append(accuracy.detach())
         self.optimizer.step()
+        self.algorithm.after_meta_step()
         if self.scheduler is not None:
             self.scheduler.step()
         mean_loss = torch.stack(losses).mean().item()

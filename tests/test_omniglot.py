@@ -189,3 +189,13 @@ def test_augmentation_is_seeded_and_only_in_meta_training(data_root):
     for split in ("val", "test"):
         assert torch.equal(augmented.episode(split, 0, 1, 5, 1, 1).support,
                            plain.episode(split, 0, 1, 5, 1, 1).support)
+
+
+def test_flips_add_mirrored_classes(data_root):
+    data = Omniglot(str(data_root), flips=True)
+    assert data.num_classes("train") == 136 * 8 and data.num_classes("test") == 47
+    sampler = data._sampler("train")
+    base = sampler.images[sampler.class_images[1]]
+    # class 8 + 5 = base 1, variant 5: mirrored, then turned by 90 degrees
+    assert torch.equal(sampler._transform(base, 5), torch.rot90(base.flip(-1), 1, dims=(-2, -1)))
+    assert torch.equal(sampler._transform(base, 0), base)

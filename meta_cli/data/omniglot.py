@@ -80,13 +80,14 @@ class Omniglot(TaskSource):
         shots: Annotated[int, Ge(1)] = 1,
         query: Annotated[int, Ge(1)] = 5,
         rotations: bool = True,
+        flips: bool = False,
         augment: bool = False,
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
         self.folder = Path(root).expanduser() / "omniglot"
         self.variant, self.ways, self.shots, self.query = variant, ways, shots, query
-        self.rotations, self.augment = rotations, augment
+        self.rotations, self.flips, self.augment = rotations, flips, augment
         self.zips = ensure_zips(self.folder, VARIANT_FILES[variant], download)
         counts: dict[str, int] = {}
         for z in self.zips:
@@ -104,8 +105,9 @@ class Omniglot(TaskSource):
         self._samplers: dict[str, ClassSampler] = {}
 
     def num_classes(self, split: Split) -> int:
-        rotate = self.rotations and split == "train"
-        return len(self.splits[split]) * (4 if rotate else 1)
+        if split != "train":
+            return len(self.splits[split])
+        return len(self.splits[split]) * (4 if self.rotations else 1) * (2 if self.flips else 1)
 
     def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
         n = self.num_classes(split)
@@ -135,6 +137,7 @@ class Omniglot(TaskSource):
                 training = s == "train"
                 self._samplers[s] = ClassSampler(pixels, [by_name[c] for c in chars],
                                                  rotations=self.rotations and training,
+                                                 flips=self.flips and training,
                                                  augment=self.augment and training)
         return self._samplers[split]
 
@@ -148,6 +151,7 @@ class Omniglot(TaskSource):
             "preprocessing": {
                 "image_size": IMAGE_SIZE, "channels": 1, "resize": "lanczos",
                 "invert": True, "scale": "0..1, strokes = 1",
-                "train_rotations": self.rotations, "train_augment": self.augment,
+                "train_rotations": self.rotations, "train_flips": self.flips,
+                "train_augment": self.augment,
             },
         }

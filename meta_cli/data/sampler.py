@@ -37,40 +37,48 @@ class ClassSampler:
     """Draws episodes from `images` (N, C, H, W) grouped by class.
 
     `class_images[c]` holds the image indices of base class c. With `rotations`, every base
-    class yields four classes (0, 90, 180, 270 degrees): class v is base v // 4 rotated by
-    (v % 4) * 90, so the rotation is chosen per class, not per task.
+    class yields four classes (0, 90, 180, 270 degrees), with `flips` also their mirror images:
+    class v is base v // variants turned by (v % 4) * 90 degrees and mirrored when
+    (v // 4) % 2, so the transform is chosen per class, not per task.
     """
 
     def __init__(self, images: torch.Tensor, class_images: list[np.ndarray],
-                 rotations: bool = False, augment: bool = False) -> None:
+                 rotations: bool = False, augment: bool = False, flips: bool = False) -> None:
         self.images = images
         self.class_images = class_images
         self.rotations = rotations
+        self.flips = flips
         self.augment = augment
+        self.variants = (4 if rotations else 1) * (2 if flips else 1)
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_images) * (4 if self.rotations else 1)
+        return len(self.class_images) * self.variants
 
     @property
     def min_images_per_class(self) -> int:
         return min(len(c) for c in self.class_images)
 
+    def _transform(self, images: torch.Tensor, variant: int) -> torch.Tensor:
+        turns, mirror = (variant % 4, variant // 4) if self.rotations else (0, variant)
+        if mirror:
+            images = images.flip(-1)
+        return torch.rot90(images, turns, dims=(-2, -1)) if turns else images
+
     def sample(self, rng: np.random.Generator, ways: int, shots: int, query: int) -> Episode:
         per_class = shots + query
         classes = rng.choice(self.num_classes, size=ways, replace=False)
-        picks, turns = [], []
+        picks, variants = [], []
         for c in classes:
-            base, turn = divmod(int(c), 4) if self.rotations else (int(c), 0)
+            base, variant = divmod(int(c), self.variants)
             members = self.class_images[base]
             picks.append(members[rng.permutation(len(members))[:per_class]])
-            turns.append(turn)
+            variants.append(variant)
         index = torch.from_numpy(np.concatenate(picks)).to(self.images.device)
         batch = self.images.index_select(0, index)
         batch = batch.view(ways, per_class, *batch.shape[1:])
-        if any(turns):
-            batch = torch.stack([torch.rot90(b, k, dims=(-2, -1)) if k else b
-                                 for b, k in zip(batch, turns)])
+        if any(variants):
+            batch = torch.stack([self._transform(b, v) for b, v in zip(batch, variants)])
         if self.augment:
             batch = random_affine(batch.flatten(0, 1), rng).view_as(batch)
         labels = torch.arange(ways, device=batch.device)
