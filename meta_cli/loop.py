@@ -69,7 +69,6 @@ class Trainer:
             if accuracy is not None:
                 accuracies.append(accuracy.detach())
         self.optimizer.step()
-        self.algorithm.after_meta_step()
         if self.scheduler is not None:
             self.scheduler.step()
         mean_loss = torch.stack(losses).mean().item()

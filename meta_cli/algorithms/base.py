@@ -48,9 +48,6 @@ class Algorithm(nn.Module, abc.ABC):
         (e.g. second-order) versus the test-time one.
         """
 
-    def after_meta_step(self) -> None:
-        """Called after each Adam step on the meta-parameters."""
-
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
             return F.cross_entropy(output, target)

@@ -43,29 +43,17 @@ class MAML(Algorithm):
         adaptation_steps: Annotated[int, Ge(1)] = 1,
         test_adaptation_steps: Annotated[int, Ge(0)] = 3,
         first_order: bool = False,
-        zero_head: bool = False,
     ) -> None:
         super().__init__(backbone, task, outputs)
         head = nn.Linear(backbone.out_features, outputs)
         if task == "classification":  # learn2learn's OmniglotCNN head initialisation
             head.weight.data.normal_()
             head.bias.data.zero_()
-        self.zero_head = zero_head
         self.maml = l2l.algorithms.MAML(nn.Sequential(backbone, head), lr=fast_lr,
                                         first_order=first_order)
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = test_adaptation_steps
         self.first_order = first_order
-        self.after_meta_step()
-
-    def after_meta_step(self) -> None:
-        # The zeroing trick (Kao et al., ICLR 2022, "MAML is a noisy contrastive learner"):
-        # every task starts from a zero head, so the inner loop never inherits a label order.
-        if self.zero_head:
-            head = self.maml.module[-1]
-            with torch.no_grad():
-                head.weight.zero_()
-                head.bias.zero_()
 
     def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         steps = self.adaptation_steps if training else self.test_adaptation_steps
