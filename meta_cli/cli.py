@@ -30,10 +30,12 @@ examples:
   meta-cli eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt
   meta-cli train --help        (config groups and options of one command)
 """
-# Hydra flags that take a value, and flags after which no job runs.
+# Hydra flags that take a value; flags that print instead of running a job, or that change
+# where configs come from (the check composes the packaged configs only): no pre-check.
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion",
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--cfg", "-c",
+              "--resolve", "--shell-completion",
               "-sc", "--experimental-rerun", "--config-name", "-cn", "--config-path", "-cp",
               "--config-dir", "-cd"}
 
