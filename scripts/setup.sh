@@ -14,7 +14,7 @@ PY="$VENV/bin/python"
 # The stamp records what was installed; any change to these files reinstalls.
 want=$(cat constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$PY" -c "import meta_cli, learn2learn, torchvision, hydra" 2>/dev/null; then
+   && "$PY" -c "import meta_cli._l2l, torchvision, hydra" 2>/dev/null; then
   echo "meta-cli: .venv is ready ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
   exit 0
 fi
@@ -37,6 +37,6 @@ if ! "$PY" -c "import learn2learn" 2>/dev/null; then
 fi
 pip_install -e ".[dev]"
 
-"$PY" -c "import meta_cli, learn2learn, torchvision, hydra"
+"$PY" -c "import meta_cli._l2l, torchvision, hydra"  # _l2l silences gym's import notice
 echo "$want" > "$STAMP"
 echo "meta-cli: .venv is ready; activate with 'source .venv/bin/activate'"
