@@ -3,6 +3,7 @@ validation, best/last checkpoints and metrics.csv."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,9 @@ class Trainer:
         s = self.settings
         start = time.perf_counter()
         window_loss, window_acc, window_time, window_n = 0.0, 0.0, 0.0, 0
+        # In a log file (SLURM, CI) a bar redrawn twice a second would fill it: every 30 s there.
         bar = tqdm(range(1, s.iterations + 1), disable=not s.progress, dynamic_ncols=True,
-                   mininterval=0.5, desc="meta-train")
+                   mininterval=0.5 if sys.stderr.isatty() else 30, desc="meta-train")
         try:
             for iteration in bar:
                 t0 = time.perf_counter()

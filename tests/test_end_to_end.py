@@ -83,7 +83,7 @@ def test_same_seed_same_training(cli, tmp_path):
     assert losses(first) != losses(third)
 
 
-def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path):
+def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path, data_root):
     run = _train(cli, tmp_path, *TINY_OMNIGLOT)
     _check_run_files(run)
     (row,) = _rows(run / "accuracy.csv")
@@ -104,7 +104,7 @@ def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path):
     assert _rows(evaluated / "accuracy.csv") == [row]  # same checkpoint + seed: same numbers
 
     other, _ = _eval(cli, tmp_path, run / "checkpoints" / "best.pt", "eval.episodes=12",
-                     "eval.shots=[1,3]", "eval.seed=5")
+                     "eval.shots=[1,3]", "eval.seed=5", f"data_root={data_root}", "device=cpu")
     rows = _rows(other / "accuracy.csv")
     assert [r["shots"] for r in rows] == ["1", "3"]
     assert rows[0]["loss"] != row["loss"]  # another eval seed draws other episodes
