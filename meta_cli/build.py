@@ -73,6 +73,9 @@ def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None) ->
 
 def check_seed(config: dict[str, Any]) -> int:
     check_keys(config, TRAIN_KEYS, "")
+    missing = sorted(TRAIN_KEYS - set(config))
+    if missing:
+        raise UserError(f"config key '{missing[0]}' is missing (removed with ~?); it is required.")
     seed = config["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"seed must be an integer >= 0; got {seed!r}.")

@@ -28,6 +28,8 @@ BAD_TRAIN_INPUTS = [
     (["dataset=sinusoid", "backbone=conv4"], ["conv4", "backbone=mlp"]),
     (["algorithm=maml", "eval.ways=10"], ["eval.ways=10", "5-way", "head"]),
     (["-m", "dataset.ways=5,60"], ["dataset.ways=60", "59 classes"]),  # a sweep fails whole
+    (["dataset=sinusoid", "dataset.ways=5"], ["dataset.ways", "Allowed keys of dataset", "shots"]),
+    (["algorithm=maml", "train.ways=20"], ["train.ways=20", "output"]),
 ]
 
 
