@@ -23,7 +23,7 @@ from meta_cli.loop import TrainSettings
 from meta_cli.validation import check_keys, check_node
 
 GROUPS = ("algorithm", "dataset", "backbone", "device")
-TRAIN_KEYS = {*GROUPS, "train", "eval", "seed"}
+TRAIN_KEYS = {*GROUPS, "train", "eval", "seed", "resume"}
 
 
 def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:

@@ -1,38 +1,68 @@
-"""Checkpoints: written atomically, read only with weights_only=True."""
+"""Checkpoints: committed by a manifest, verified by sha256, read only with weights_only=True.
+
+A checkpoint `X.pt` is written to a temp file in the same folder, fsynced and renamed; then its
+manifest `X.json` (iteration, size, sha256) is written the same way. The manifest is the
+commit marker: a checkpoint without one, or whose bytes do not match it, is never resumed from.
+"""
 from __future__ import annotations
 
-import os
+import errno
+import hashlib
+import io
+import json
 import pickle
-import tempfile
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
 
 FORMAT = "meta-cli-checkpoint/1"
+STEP_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def step_name(iteration: int) -> str:
+    return f"step-{iteration:07d}.pt"
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def warn(message: str) -> None:
+    print(f"meta-cli: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        advice = "free disk space (or raise the quota) and resume the run"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "make the run dir writable and resume the run"
+    else:
+        advice = "fix the file system and resume the run"
+    return UserError(f"could not write checkpoint {path}: {exc.strerror or exc} "
+                     f"(errno {exc.errno}); earlier checkpoints are intact: {advice}.")
 
 
 def save(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`: a crash leaves
-    the previous file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Write `path` and then its manifest; any OSError is one UserError, nothing half-written."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    data = buffer.getvalue()
+    manifest = {"format": FORMAT, "file": path.name, "iteration": payload.get("iteration"),
+                "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # An older manifest must not vouch for the file while it is being replaced.
+        manifest_path(path).unlink(missing_ok=True)
+        write_atomic(path, data)
+        write_atomic(manifest_path(path), json.dumps(manifest, indent=1).encode())
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
 
 
 def _first_line(exc: Exception) -> str:
@@ -40,7 +70,33 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def verify(p: Path, require_manifest: bool) -> None:
+    """Check size and sha256 against the manifest before a single byte is unpickled."""
+    m = manifest_path(p)
+    if not m.exists():
+        if require_manifest:
+            raise UserError(f"checkpoint {p} has no manifest {m.name}: it was never committed "
+                            f"(the run stopped while writing it).")
+        warn(f"{p} has no manifest {m.name} beside it; its integrity cannot be checked.")
+        return
+    try:
+        manifest = json.loads(m.read_text())
+        expected_size, expected_sha = int(manifest["bytes"]), str(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"manifest {m} of checkpoint {p} is unreadable ({_first_line(exc)}).")
+    size = p.stat().st_size
+    if size != expected_size:
+        what = "truncated" if size < expected_size else "longer than written"
+        raise UserError(f"checkpoint {p} is {what}: {size} bytes, its manifest says "
+                        f"{expected_size}. Use another checkpoint.")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    if digest != expected_sha:
+        raise UserError(f"checkpoint {p} is corrupt: its sha256 {digest[:12]}... differs from "
+                        f"the manifest's {expected_sha[:12]}... (changed after it was written). "
+                        f"Use another checkpoint.")
+
+
+def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
     """Load a meta-cli checkpoint safely; any problem is one UserError naming the file."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -49,8 +105,10 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {p} is a directory; pass the .pt file, e.g. {p}/checkpoints/best.pt.")
     if p.stat().st_size == 0:
         raise UserError(f"checkpoint {p} is empty (0 bytes): an interrupted copy? Use another checkpoint.")
+    verify(p, require_manifest)
     try:
-        # weights_only passed explicitly: it never falls back to unpickling arbitrary code.
+        # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off,
+        # and nothing falls back to unpickling arbitrary code.
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"checkpoint {p} was refused: it holds objects other than tensors and "
@@ -61,3 +119,33 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a meta-cli checkpoint (no '{FORMAT}' marker).")
     return payload
+
+
+def steps(folder: Path) -> list[tuple[int, Path]]:
+    """Step checkpoints in `folder`, newest first."""
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := STEP_NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest committed step checkpoint that passes every check; warns for each one skipped."""
+    for _, p in steps(folder):
+        try:
+            return p, load(p, require_manifest=True)
+        except UserError as exc:
+            warn(f"{exc} Falling back to the previous checkpoint.")
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` step checkpoints. The manifest goes first, so a checkpoint
+    pruned halfway is uncommitted rather than unverified."""
+    for _, p in steps(folder)[keep:]:
+        manifest_path(p).unlink(missing_ok=True)
+        p.unlink(missing_ok=True)
+
+
+def remove_partials(folder: Path) -> None:
+    """Temp files of writes a crash interrupted."""
+    for p in folder.glob(".*.part"):
+        p.unlink(missing_ok=True)

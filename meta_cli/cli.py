@@ -77,10 +77,14 @@ def run(argv: list[str]) -> int:
     module_name, config_name, _ = COMMANDS[command]
     module = importlib.import_module(module_name)
     from meta_cli.job import FAILED
-    from meta_cli.precheck import precheck
+    from meta_cli.precheck import check_writable, precheck
+    from meta_cli.resume import resume_args
 
     if not INFO_FLAGS.intersection(args):
         try:
+            if command == "train":
+                args = resume_args(args)
+            check_writable(_overrides(args), "-m" in args or "--multirun" in args)
             precheck(config_name, _overrides(args), module.precheck)
         except UserError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -99,4 +103,9 @@ def main() -> None:
     except BrokenPipeError:  # `meta-cli train --help | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except KeyboardInterrupt:  # outside meta-training (which saves first): nothing to keep
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print("meta-cli: interrupted.", file=sys.stderr)
+        code = 130
     raise SystemExit(code)

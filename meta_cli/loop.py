@@ -1,5 +1,5 @@
 """The meta-training loop: meta-batches of episodes, Adam on the meta-parameters,
-validation, best/last checkpoints and metrics.csv."""
+validation, step and best checkpoints, metrics.csv; resumable bit for bit."""
 from __future__ import annotations
 
 import math
@@ -19,7 +19,8 @@ from meta_cli.errors import UserError
 from meta_cli.evaluation import evaluate
 from meta_cli.outputs import MetricsLog
 from meta_cli.params import Ge, Gt
-from meta_cli.seeding import rng_state
+from meta_cli.seeding import rng_state, set_rng_state
+from meta_cli.stopping import StopRequest
 
 
 @dataclass
@@ -37,6 +38,13 @@ class TrainSettings:
     val_every: Annotated[int, Ge(1)] = 100
     val_episodes: Annotated[int, Ge(1)] = 100
     log_every: Annotated[int, Ge(1)] = 10
+    #: A step checkpoint every this many iterations (and at every validation and at the end);
+    #: a crash loses at most this much work.
+    checkpoint_every: Annotated[int, Ge(1)] = 100
+    #: How many step checkpoints to keep (best.pt is kept apart); resume falls back through them.
+    keep_checkpoints: Annotated[int, Ge(1)] = 3
+    #: Clip the meta-gradient to this total norm; None: no clipping.
+    clip_grad_norm: Annotated[float, Gt(0)] | None = None
     progress: bool = True
 
 
@@ -45,15 +53,33 @@ class Trainer:
                  run_dir: Path, seed: int, saved: dict[str, Any]) -> None:
         self.algorithm, self.source, self.settings = algorithm, source, settings
         self.seed = seed
+        self.run_dir = run_dir
         self.saved = saved  # config, splits, preprocessing: stored in every checkpoint
         self.checkpoints = run_dir / "checkpoints"
-        self.metrics = MetricsLog(run_dir / "metrics.csv")
         self.optimizer = torch.optim.Adam(algorithm.parameters(), lr=settings.meta_lr)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.iterations)
                           if settings.lr_schedule == "cosine" else None)
         self.classification = source.task == "classification"
         self.best: dict[str, Any] = {"iteration": None, "value": None,
                                      "metric": "val_accuracy" if self.classification else "val_loss"}
+        # Everything below is part of a checkpoint, so that a resumed run continues exactly.
+        self.iteration = 0
+        self.elapsed = 0.0  # training seconds before this process, for elapsed_s
+        self.window = [0.0, 0.0, 0.0, 0]  # loss, accuracy, seconds, steps since the last train row
+        self.metrics_rows = 0
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, Adam, schedule, every RNG, counters."""
+        self.algorithm.load_state_dict(payload["algorithm"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        set_rng_state(payload["rng"])
+        self.best = dict(payload["best"])
+        self.iteration = payload["iteration"]
+        self.elapsed = payload["elapsed_s"]
+        self.window = list(payload["window"])
+        self.metrics_rows = payload["metrics_rows"]
 
     def meta_step(self, iteration: int) -> tuple[float, float | None]:
         """One outer step; episodes are numbered so that each (seed, iteration) is fixed."""
@@ -69,15 +95,36 @@ class Trainer:
             losses.append(loss.detach())
             if accuracy is not None:
                 accuracies.append(accuracy.detach())
+        mean_loss = torch.stack(losses).mean().item()
+        if not math.isfinite(mean_loss):
+            raise UserError(f"the train loss is {mean_loss} at iteration {iteration} (split train); "
+                            f"nothing was updated or saved: lower train.meta_lr or the "
+                            f"algorithm's learning rate.")
+        self._check_gradient(iteration)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        mean_loss = torch.stack(losses).mean().item()
         return mean_loss, (torch.stack(accuracies).mean().item() if accuracies else None)
+
+    def _check_gradient(self, iteration: int) -> None:
+        grads = [p.grad for p in self.algorithm.parameters() if p.grad is not None]
+        if self.settings.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.algorithm.parameters() if p.grad is not None],
+                self.settings.clip_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+        if not math.isfinite(norm.item()):
+            raise UserError(f"the meta-gradient norm is {norm.item()} at iteration {iteration} "
+                            f"(split train); nothing was updated or saved: lower train.meta_lr "
+                            f"or set train.clip_grad_norm.")
 
     def validate(self, iteration: int, elapsed: float) -> None:
         result = evaluate(self.algorithm, self.source, "val", self.settings.val_episodes,
                           self.seed, self.source.ways, self.source.shots, self.source.query)
+        if not math.isfinite(result.loss):
+            raise UserError(f"the val loss is {result.loss} at iteration {iteration} (split val); "
+                            f"the last good checkpoint is kept: lower train.meta_lr.")
         value = result.accuracy if self.classification else result.loss
         self.metrics.write(iteration, "val", result.loss,
                            None if math.isnan(result.accuracy) else result.accuracy, None, elapsed)
@@ -85,54 +132,84 @@ class Trainer:
             value > self.best["value"] if self.classification else value < self.best["value"])
         if better:
             self.best.update(iteration=iteration, value=value)
-            self._save("best.pt", iteration)
-        self._save("last.pt", iteration)
+            # best.pt before the step checkpoint that records it: a crash in between
+            # resumes from the previous step and writes the same best.pt again.
+            self._save("best.pt", elapsed)
 
-    def _save(self, name: str, iteration: int) -> None:
+    def _save(self, name: str, elapsed: float) -> None:
+        self.metrics.sync()
         checkpoint.save({
             **self.saved,
-            "iteration": iteration,
+            "iteration": self.iteration,
             "algorithm": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng": rng_state(),
             "best": dict(self.best),
+            "elapsed_s": elapsed,
+            "window": list(self.window),
+            "metrics_rows": self.metrics.rows,
         }, self.checkpoints / name)
 
+    def _commit_step(self, elapsed: float) -> None:
+        self._save(checkpoint.step_name(self.iteration), elapsed)
+        checkpoint.prune(self.checkpoints, self.settings.keep_checkpoints)
+
     def fit(self) -> dict[str, Any]:
-        """Train for settings.iterations; return the best validation record."""
+        """Train up to settings.iterations from self.iteration; return the best validation record."""
         s = self.settings
-        start = time.perf_counter()
-        window_loss, window_acc, window_time, window_n = 0.0, 0.0, 0.0, 0
+        start = time.perf_counter() - self.elapsed
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partials(self.checkpoints)
+        self.metrics = MetricsLog(self.run_dir / "metrics.csv", keep_rows=self.metrics_rows)
         # In a log file (SLURM, CI) a bar redrawn twice a second would fill it: every 30 s there.
-        bar = tqdm(range(1, s.iterations + 1), disable=not s.progress, dynamic_ncols=True,
+        bar = tqdm(range(self.iteration + 1, s.iterations + 1), disable=not s.progress,
+                   dynamic_ncols=True, initial=self.iteration, total=s.iterations,
                    mininterval=0.5 if sys.stderr.isatty() else 30, desc="meta-train")
         try:
-            for iteration in bar:
-                t0 = time.perf_counter()
-                loss, accuracy = self.meta_step(iteration)
-                step_time = time.perf_counter() - t0
-                if not math.isfinite(loss):
-                    raise UserError(f"train loss is {loss} at iteration {iteration} (split train); "
-                                    f"lower train.meta_lr or the algorithm's learning rate.")
-                window_loss += loss
-                window_acc += accuracy or 0.0
-                window_time += step_time
-                window_n += 1
-                tasks_per_s = s.meta_batch_size / step_time
-                postfix = {"loss": f"{loss:.3f}", "tasks/s": f"{tasks_per_s:.1f}"}
-                if accuracy is not None:
-                    postfix["acc"] = f"{accuracy:.3f}"
-                bar.set_postfix(postfix, refresh=False)
-                if iteration % s.log_every == 0 or iteration == s.iterations:
-                    self.metrics.write(
-                        iteration, "train", window_loss / window_n,
-                        window_acc / window_n if accuracy is not None else None,
-                        window_n * s.meta_batch_size / window_time, time.perf_counter() - start)
-                    window_loss, window_acc, window_time, window_n = 0.0, 0.0, 0.0, 0
-                if iteration % s.val_every == 0 or iteration == s.iterations:
-                    self.validate(iteration, time.perf_counter() - start)
+            with StopRequest() as stop:
+                for iteration in bar:
+                    self._iterate(iteration, start, bar)
+                    if stop.signum is not None:
+                        self._stop(stop, time.perf_counter() - start)
         finally:
             bar.close()
             self.metrics.close()
         return dict(self.best)
+
+    def _iterate(self, iteration: int, start: float, bar: tqdm) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        loss, accuracy = self.meta_step(iteration)
+        step_time = time.perf_counter() - t0
+        self.iteration = iteration
+        w = self.window
+        w[0] += loss
+        w[1] += accuracy or 0.0
+        w[2] += step_time
+        w[3] += 1
+        postfix = {"loss": f"{loss:.3f}", "tasks/s": f"{s.meta_batch_size / step_time:.1f}"}
+        if accuracy is not None:
+            postfix["acc"] = f"{accuracy:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        last = iteration == s.iterations
+        if iteration % s.log_every == 0 or last:
+            self.metrics.write(iteration, "train", w[0] / w[3],
+                               w[1] / w[3] if accuracy is not None else None,
+                               w[3] * s.meta_batch_size / w[2], time.perf_counter() - start)
+            self.window = [0.0, 0.0, 0.0, 0]
+        validating = iteration % s.val_every == 0 or last
+        if validating:
+            self.validate(iteration, time.perf_counter() - start)
+        if validating or iteration % s.checkpoint_every == 0:
+            self._commit_step(time.perf_counter() - start)
+
+    def _stop(self, stop: StopRequest, elapsed: float) -> None:
+        """After a SIGTERM/SIGINT: commit this step (unless just done) and exit 143/130."""
+        name = checkpoint.step_name(self.iteration)
+        if not checkpoint.manifest_path(self.checkpoints / name).exists():
+            self._commit_step(elapsed)
+        print(f"meta-cli: stopped by {stop.name} after iteration {self.iteration}; saved "
+              f"{self.checkpoints / name}. Resume with: meta-cli train resume={self.run_dir}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from meta_cli.atomic import write_atomic
 
 METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "elapsed_s"]
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
@@ -20,14 +24,23 @@ def _cell(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends rows to metrics.csv, flushed per row so a crash loses nothing written."""
+    """Appends rows to metrics.csv, flushed per row so a crash loses nothing written.
 
-    def __init__(self, path: Path) -> None:
+    `rows` counts the data rows; a checkpoint stores it, and a resumed run first cuts the file
+    back to that count, so rows written after the checkpoint are neither lost nor duplicated.
+    """
+
+    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
         self.path = path
-        new = not path.exists() or path.stat().st_size == 0
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        data = lines[1:]
+        if keep_rows is not None and len(data) != keep_rows:
+            write_atomic(path, "".join(lines[:1] + data[:keep_rows]).encode())
+            data = data[:keep_rows]
+        self.rows = len(data)
         self._file = open(path, "a", newline="")
         self._writer = csv.writer(self._file)
-        if new:
+        if not lines:
             self._writer.writerow(METRICS_COLUMNS)
             self._file.flush()
 
@@ -35,20 +48,24 @@ class MetricsLog:
               tasks_per_s: float | None, elapsed_s: float) -> None:
         self._writer.writerow([_cell(v) for v in (iteration, split, loss, accuracy, tasks_per_s, elapsed_s)])
         self._file.flush()
+        self.rows += 1
+
+    def sync(self) -> None:
+        """Make the rows so far durable before a checkpoint that counts them is committed."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
 
 
 def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    tmp = path.with_suffix(".csv.part")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ACCURACY_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in ACCURACY_COLUMNS})
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=ACCURACY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in ACCURACY_COLUMNS})
+    write_atomic(path, text.getvalue().encode())
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

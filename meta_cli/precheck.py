@@ -7,7 +7,9 @@ group option) are turned into one line that names the key and what is allowed.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+from pathlib import Path
 from typing import Callable
 
 from hydra import compose, initialize_config_module
@@ -74,3 +76,19 @@ def precheck(config_name: str, overrides: list[str], check: Callable) -> None:
         for combo in _combinations(overrides):
             check(_compose(config_name, combo))
     GlobalHydra.instance().clear()
+
+
+def check_writable(overrides: list[str], multirun: bool) -> None:
+    """The run (or sweep) dir must be creatable and writable before Hydra starts writing."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [o[len(key):].strip("'\"") for o in overrides if o.startswith(key)]
+    target = Path(given[-1] if given else "outputs").expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create the run dir {target}: {existing} is a file; choose "
+                        f"another with {key}PATH.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the run dir {target}: no write permission in {existing}; "
+                        f"choose a writable one with {key}PATH (or run from a writable folder).")

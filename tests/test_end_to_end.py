@@ -49,7 +49,7 @@ def _check_run_files(run: Path) -> None:
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}-\d{6}", run.name)  # microseconds: no shared folders
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         assert (run / ".hydra" / name).is_file()
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert list((run / "checkpoints").glob("step-*.pt")) and (run / "checkpoints" / "best.pt").is_file()
     assert not list((run / "checkpoints").glob("*.part"))
     assert _header(run / "metrics.csv") == METRICS_COLUMNS
     assert _header(run / "accuracy.csv") == ACCURACY_COLUMNS

@@ -15,6 +15,7 @@ from meta_cli.build import Run, build, instantiate, plain
 from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings
 from meta_cli.job import guarded, run_dir
+from meta_cli.resume import load_weights
 from meta_cli.validation import check_keys, check_node
 
 EVAL_KEYS = {"checkpoint", "data_root", "eval", "device"}
@@ -35,11 +36,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
         trained["dataset"]["root"] = config["data_root"]
     trained["device"] = config["device"]
     run = build(trained, splits=payload.get("splits") or None)
-    try:
-        run.algorithm.load_state_dict(payload["algorithm"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not match the model its config describes: "
-                        f"{' '.join(str(exc).split())[:300]}")
+    load_weights(run.algorithm, payload["algorithm"], path)
     evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.settings(run.algorithm, run.source)
     return run, evaluation, payload, path

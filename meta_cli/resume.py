@@ -1,0 +1,119 @@
+"""Resuming a run: find its newest valid checkpoint, and refuse one that does not match.
+
+`meta-cli train resume=PATH` (a run dir or a checkpoint in one) replays the run's own
+overrides from `<run>/.hydra/overrides.yaml` into the same run dir; a job started again in a
+run dir that already holds checkpoints (a SLURM requeue) resumes without being told.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from meta_cli import checkpoint
+from meta_cli.errors import UserError
+
+#: Settings that may differ between the checkpoint and the resuming command: where the data
+#: lies, the device, the progress bar. Anything else changes the experiment.
+FREE_KEYS = ("resume", "dataset.root", "dataset.download", "device", "train.progress")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ, as `key (checkpoint: a, now: b)`, FREE_KEYS aside."""
+    a, b = _flatten(stored), _flatten(current)
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in FREE_KEYS)  # noqa: E731
+    return [f"{k} (checkpoint: {a.get(k, '<absent>')}, now: {b.get(k, '<absent>')})"
+            for k in sorted(set(a) | set(b)) if not free(k) and a.get(k) != b.get(k)]
+
+
+def check_config(payload: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    diff = differences(payload["config"], config)
+    if diff:
+        shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise UserError(f"checkpoint {path} was trained with another config: {shown}. "
+                        f"Resume with the run's own settings, or start a new run dir.")
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, strict, with the differing keys named instead of torch's wall of text."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("shape (checkpoint vs model)", shapes)) if keys]
+        raise UserError(f"checkpoint {path} does not fit the model (other backbone, algorithm "
+                        f"or ways?): {'; '.join(parts)}.")
+    model.load_state_dict(state)
+
+
+def run_of(resume: str) -> Path:
+    """The run dir a `resume=` value points into: itself, or <run>/checkpoints/<name>.pt."""
+    path = Path(resume).expanduser().resolve()
+    return path if path.is_dir() else path.parent.parent
+
+
+def find(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to continue from: `resume` if it names a file, else the newest valid
+    step checkpoint of the run dir; None for a fresh start."""
+    if resume is not None:
+        if not isinstance(resume, str):
+            raise UserError(f"resume must be a run dir or a checkpoint path; got {resume!r}.")
+        if run_of(resume) != run_dir.resolve():
+            raise UserError(f"resume={resume} continues in its own run dir {run_of(resume)}, not "
+                            f"{run_dir}; run it as: meta-cli train resume={resume}")
+        if Path(resume).expanduser().is_file():
+            path = Path(resume).expanduser().resolve()
+            return path, checkpoint.load(path)
+    folder = run_dir / "checkpoints"
+    found = checkpoint.latest_valid(folder) if folder.is_dir() else None
+    if found is None and (resume is not None or (folder.is_dir() and checkpoint.steps(folder))):
+        raise UserError(f"no valid checkpoint to resume in {folder}; start a new run instead.")
+    return found
+
+
+def resume_args(args: list[str]) -> list[str]:
+    """Expand `resume=PATH` into the run's own overrides plus `hydra.run.dir=<its run dir>`.
+
+    A command naming an existing run dir with checkpoints (`hydra.run.dir=X`, as a requeued
+    job does) resumes it too, so its config is checked before Hydra rewrites X/.hydra.
+    """
+    given = [a for a in args if a.startswith("resume=")]
+    run_dirs = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("hydra.run.dir=")]
+    multirun = "-m" in args or "--multirun" in args
+    if not given and run_dirs and not multirun and checkpoint.steps(Path(run_dirs[-1]) / "checkpoints"):
+        given = [f"resume={run_dirs[-1]}"]
+        args = [*args, given[0]]
+    if not given or given[-1] in ("resume=null", "resume="):
+        return args
+    if multirun:
+        raise UserError("resume= resumes one run; resume the jobs of a sweep one by one.")
+    path = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"resume={path}: no such run dir or checkpoint.")
+    run = path if path.is_dir() else path.parent.parent  # <run>/checkpoints/<name>.pt
+    stored = run / ".hydra" / "overrides.yaml"
+    if not stored.is_file():
+        raise UserError(f"resume={path}: {run} is not a meta-cli run dir (no .hydra/overrides.yaml); "
+                        f"pass the run dir or a checkpoint inside its checkpoints/ folder.")
+    try:
+        replay = [o for o in yaml.safe_load(stored.read_text()) or [] if not o.startswith("resume=")]
+    except (yaml.YAMLError, AttributeError, TypeError) as exc:
+        raise UserError(f"resume={path}: {stored} is unreadable ({exc}).")
+    rest = [a for a in args if not a.startswith("resume=")]
+    quote = lambda p: "'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
+    return [*replay, *rest, f"resume={quote(path)}", f"hydra.run.dir={quote(run)}"]
