@@ -38,8 +38,10 @@ def warn(message: str) -> None:
 
 
 def _write_error(path: Path, exc: OSError) -> UserError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "free disk space (or raise the quota) and resume the run"
+    elif exc.errno == errno.EFBIG:
+        advice = "the file system or `ulimit -f` refuses a file this large: lift the limit and resume"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         advice = "make the run dir writable and resume the run"
     else:

@@ -84,8 +84,8 @@ def run(argv: list[str]) -> int:
         try:
             if command == "train":
                 args = resume_args(args)
-            check_writable(_overrides(args), "-m" in args or "--multirun" in args)
             precheck(config_name, _overrides(args), module.precheck)
+            check_writable(_overrides(args), "-m" in args or "--multirun" in args)
         except UserError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from meta_cli.atomic import write_atomic
+from meta_cli.errors import UserError
 
 METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "elapsed_s"]
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
@@ -46,14 +47,24 @@ class MetricsLog:
 
     def write(self, iteration: int, split: str, loss: float, accuracy: float | None,
               tasks_per_s: float | None, elapsed_s: float) -> None:
-        self._writer.writerow([_cell(v) for v in (iteration, split, loss, accuracy, tasks_per_s, elapsed_s)])
-        self._file.flush()
+        try:
+            self._writer.writerow([_cell(v) for v in (iteration, split, loss, accuracy, tasks_per_s, elapsed_s)])
+            self._file.flush()
+        except OSError as exc:
+            raise self._error(exc) from exc
         self.rows += 1
 
     def sync(self) -> None:
         """Make the rows so far durable before a checkpoint that counts them is committed."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> UserError:
+        return UserError(f"could not write {self.path}: {exc.strerror or exc} (errno {exc.errno}); "
+                         f"the last checkpoint is intact: fix the disk and resume the run.")
 
     def close(self) -> None:
         self._file.close()

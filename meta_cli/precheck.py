@@ -7,8 +7,8 @@ group option) are turned into one line that names the key and what is allowed.
 from __future__ import annotations
 
 import itertools
-import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -79,16 +79,18 @@ def precheck(config_name: str, overrides: list[str], check: Callable) -> None:
 
 
 def check_writable(overrides: list[str], multirun: bool) -> None:
-    """The run (or sweep) dir must be creatable and writable before Hydra starts writing."""
+    """The run (or sweep) dir must be creatable and writable before Hydra starts writing.
+
+    Tried for real (permission bits say nothing to root, or on a read-only mount): the dir is
+    created (for the default `outputs/<date>/<time>`, only `outputs/`) and a temp file probed.
+    """
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [o[len(key):].strip("'\"") for o in overrides if o.startswith(key)]
     target = Path(given[-1] if given else "outputs").expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create the run dir {target}: {existing} is a file; choose "
-                        f"another with {key}PATH.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the run dir {target}: no write permission in {existing}; "
-                        f"choose a writable one with {key}PATH (or run from a writable folder).")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write the run dir {target}: {exc.strerror or exc}; choose a "
+                        f"writable one with {key}PATH (or run from a writable folder).")

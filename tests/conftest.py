@@ -34,7 +34,7 @@ def cli(tmp_path: Path, data_root: Path, cache_dir: Path):
     def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        full_env.update(META_CLI_DATA=str(data_root), META_CLI_CACHE=str(cache_dir), **(env or {}))
+        full_env.update({"META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir), **(env or {})})
         exe = Path(sys.executable).with_name("meta-cli")
         return subprocess.run([str(exe), *args], cwd=cwd or tmp_path, env=full_env,
                               capture_output=True, text=True, timeout=timeout)

@@ -30,6 +30,10 @@ BAD_TRAIN_INPUTS = [
     (["-m", "dataset.ways=5,60"], ["dataset.ways=60", "59 classes"]),  # a sweep fails whole
     (["dataset=sinusoid", "dataset.ways=5"], ["dataset.ways", "Allowed keys of dataset", "shots"]),
     (["algorithm=maml", "train.ways=20"], ["train.ways=20", "output"]),
+    (["train.clip_grad_norm=0"], ["train.clip_grad_norm", "> 0"]),
+    (["train.keep_checkpoints=0"], ["train.keep_checkpoints", ">= 1"]),
+    (["resume=no/such/run"], ["resume=", "no such run dir"]),
+    (["-m", "resume=a,b"], ["resume= resumes one run"]),
 ]
 
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,14 @@ def list_characters(zip_path: Path) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(characters.items())}
 
 
+def _read(z: zipfile.ZipFile, member: str, zip_path: Path) -> bytes:
+    try:
+        return z.read(member)
+    except (zipfile.BadZipFile, OSError, zlib.error) as exc:  # e.g. "Bad CRC-32"
+        raise UserError(f"cannot read {member} from {zip_path} ({exc}): the zip is damaged; "
+                        f"replace it with the official file.")
+
+
 def _decode(data: bytes, where: str) -> np.ndarray:
     """105x105 black-on-white PNG -> 28x28 uint8 with strokes bright (255 = stroke)."""
     try:
@@ -126,7 +135,7 @@ def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndar
         with zipfile.ZipFile(zip_path) as z:
             for character, members in list_characters(zip_path).items():
                 characters.append(f"{zip_path.stem}:{character}")
-                images.extend(_decode(z.read(m), f"{zip_path}:{m}") for m in members)
+                images.extend(_decode(_read(z, m, zip_path), f"{zip_path}:{m}") for m in members)
                 offsets.append(len(images))
     tensor = torch.from_numpy(np.stack(images))
     blob = {"images": tensor, "characters": characters, "offsets": torch.tensor(offsets)}

@@ -1,0 +1,45 @@
+"""The training loop's guards, on a model small enough to reason about."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meta_cli.algorithms.base import Algorithm
+from meta_cli.data.sinusoid import Sinusoid
+from meta_cli.errors import UserError
+from meta_cli.loop import Trainer, TrainSettings
+from meta_cli.models.mlp import MLP
+
+
+class SqrtOfWeight(Algorithm):
+    """loss = sqrt(w) + 1: finite at w = 0, where its gradient is infinite."""
+
+    def __init__(self, backbone, task, outputs, w: float = 0.0) -> None:
+        super().__init__(backbone, task, outputs)
+        self.w = torch.nn.Parameter(torch.tensor(w))
+
+    def episode_loss(self, episode, training):
+        return torch.sqrt(self.w) + 1.0, None
+
+
+def _trainer(tmp_path, w: float, **settings) -> Trainer:
+    source = Sinusoid()
+    algorithm = SqrtOfWeight(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=w)
+    return Trainer(algorithm, source, TrainSettings(progress=False, meta_batch_size=2, **settings),
+                   tmp_path, seed=0, saved={})
+
+
+def test_non_finite_gradient_stops_before_the_update(tmp_path):
+    trainer = _trainer(tmp_path, w=0.0)
+    with pytest.raises(UserError, match=r"meta-gradient norm is inf at iteration 1 \(split train\)"):
+        trainer.fit()
+    assert trainer.algorithm.w.item() == 0.0  # no Adam step with an infinite gradient
+    assert not list((tmp_path / "checkpoints").glob("step-*"))
+
+
+def test_clip_grad_norm_bounds_the_meta_gradient(tmp_path):
+    trainer = _trainer(tmp_path, w=1e-6, clip_grad_norm=0.5)
+    trainer.optimizer.zero_grad()
+    (torch.sqrt(trainer.algorithm.w)).backward()  # d/dw sqrt(w) = 500 at w = 1e-6
+    trainer._check_gradient(1)
+    assert torch.isclose(trainer.algorithm.w.grad, torch.tensor(0.5))
