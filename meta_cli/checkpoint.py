@@ -72,15 +72,15 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def verify(p: Path, require_manifest: bool) -> None:
-    """Check size and sha256 against the manifest before a single byte is unpickled."""
+def verify(p: Path, require_manifest: bool) -> bool:
+    """Check size and sha256 against the manifest before a single byte is unpickled;
+    False when there is no manifest to check against (and none is required)."""
     m = manifest_path(p)
     if not m.exists():
         if require_manifest:
             raise UserError(f"checkpoint {p} has no manifest {m.name}: it was never committed "
                             f"(the run stopped while writing it).")
-        warn(f"{p} has no manifest {m.name} beside it; its integrity cannot be checked.")
-        return
+        return False
     try:
         manifest = json.loads(m.read_text())
         expected_size, expected_sha = int(manifest["bytes"]), str(manifest["sha256"])
@@ -96,6 +96,7 @@ def verify(p: Path, require_manifest: bool) -> None:
         raise UserError(f"checkpoint {p} is corrupt: its sha256 {digest[:12]}... differs from "
                         f"the manifest's {expected_sha[:12]}... (changed after it was written). "
                         f"Use another checkpoint.")
+    return True
 
 
 def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
         raise UserError(f"checkpoint {p} is a directory; pass the .pt file, e.g. {p}/checkpoints/best.pt.")
     if p.stat().st_size == 0:
         raise UserError(f"checkpoint {p} is empty (0 bytes): an interrupted copy? Use another checkpoint.")
-    verify(p, require_manifest)
+    verified = verify(p, require_manifest)
     try:
         # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off,
         # and nothing falls back to unpickling arbitrary code.
@@ -120,6 +121,9 @@ def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
                         f"checkpoint: {_first_line(exc)}).")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a meta-cli checkpoint (no '{FORMAT}' marker).")
+    if not verified:
+        warn(f"{p} has no manifest {manifest_path(p).name} beside it; its integrity could not "
+             f"be checked (it loaded as tensors and plain data only).")
     return payload
 
 
