@@ -118,7 +118,7 @@ def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
                         f"plain data ({_first_line(exc)}).")
     except Exception as exc:  # the unpickler fails in many ways on a file that is not ours
         raise UserError(f"checkpoint {p} is not a readable PyTorch file (truncated or not a "
-                        f"checkpoint: {_first_line(exc)}).")
+                        f"checkpoint: {type(exc).__name__}: {_first_line(exc)}).")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{p} is not a meta-cli checkpoint (no '{FORMAT}' marker).")
     if not verified:

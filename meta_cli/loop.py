@@ -98,8 +98,8 @@ class Trainer:
         mean_loss = torch.stack(losses).mean().item()
         if not math.isfinite(mean_loss):
             raise UserError(f"the train loss is {mean_loss} at iteration {iteration} (split train); "
-                            f"nothing was updated or saved: lower train.meta_lr or the "
-                            f"algorithm's learning rate.")
+                            f"this step was not applied and the checkpoints "
+                            f"so far are intact: lower train.meta_lr or the algorithm's learning rate.")
         self._check_gradient(iteration)
         self.optimizer.step()
         if self.scheduler is not None:
@@ -116,8 +116,8 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm(grads)
         if not math.isfinite(norm.item()):
             raise UserError(f"the meta-gradient norm is {norm.item()} at iteration {iteration} "
-                            f"(split train); nothing was updated or saved: lower train.meta_lr "
-                            f"or set train.clip_grad_norm.")
+                            f"(split train); this step was not applied and the checkpoints so far "
+                            f"are intact: lower train.meta_lr or set train.clip_grad_norm.")
 
     def validate(self, iteration: int, elapsed: float) -> None:
         result = evaluate(self.algorithm, self.source, "val", self.settings.val_episodes,
