@@ -15,6 +15,8 @@ from meta_cli.errors import UserError
 COMMANDS = {
     "train": ("meta_cli.apps.train", "train", "meta-train a model; writes checkpoints, metrics.csv, accuracy.csv"),
     "eval": ("meta_cli.apps.eval", "eval", "meta-test a checkpoint: meta-cli eval checkpoint=PATH"),
+    "predict": ("meta_cli.apps.predict", "predict",
+                "label your own images: meta-cli predict checkpoint=PATH support=DIR query=DIR"),
 }
 USAGE = """usage: meta-cli <command> [-m] [key=value ...] [hydra options]
 
