@@ -23,7 +23,7 @@ from meta_cli.loop import TrainSettings
 from meta_cli.validation import check_keys, check_node
 
 GROUPS = ("algorithm", "dataset", "backbone", "device")
-TRAIN_KEYS = {*GROUPS, "train", "eval", "seed", "resume"}
+TRAIN_KEYS = {*GROUPS, "train", "eval", "seed", "resume", "logger"}
 
 
 def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:
@@ -87,6 +87,7 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
     check_seed(config)
     check_node(config["train"], "train")
     check_node(config["eval"], "eval")
+    check_node(config["logger"], "logger")
     run = build(config)
     source = run.source
     settings: TrainSettings = instantiate(config["train"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 from meta_cli.errors import UserError
 
@@ -17,6 +18,7 @@ COMMANDS = {
     "eval": ("meta_cli.apps.eval", "eval", "meta-test a checkpoint: meta-cli eval checkpoint=PATH"),
     "predict": ("meta_cli.apps.predict", "predict",
                 "label your own images: meta-cli predict checkpoint=PATH support=DIR query=DIR"),
+    "report": ("meta_cli.report", None, "table, summary.csv and plots of a run or sweep dir: meta-cli report PATH"),
 }
 USAGE = """usage: meta-cli <command> [-m] [key=value ...] [hydra options]
 
@@ -30,6 +32,7 @@ examples:
   meta-cli train algorithm=protonet dataset=omniglot dataset.shots=5
   meta-cli train -m algorithm=maml,protonet dataset.shots=1,5
   meta-cli eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt
+  meta-cli report outputs/multirun/<date>/<time>
   meta-cli train --help        (config groups and options of one command)
 """
 # Hydra flags that take a value; flags that print instead of running a job, or that change
@@ -65,6 +68,9 @@ def _error(message: str, code: int) -> int:
 
 
 def run(argv: list[str]) -> int:
+    # conf/hydra/launcher/<name>.yaml shares its name with the plugin's schema, on purpose: Hydra
+    # then checks our preset against it, and warns that this matching is deprecated.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -78,14 +84,20 @@ def run(argv: list[str]) -> int:
                       f"see 'meta-cli --help'.", 2)
     module_name, config_name, _ = COMMANDS[command]
     module = importlib.import_module(module_name)
+    if config_name is None:  # a plain command, not a Hydra app
+        try:
+            return module.main(args)
+        except UserError as exc:
+            return _error(str(exc), 1)
     from meta_cli.job import FAILED
-    from meta_cli.precheck import check_writable, precheck
+    from meta_cli.precheck import check_plugins, check_writable, precheck
     from meta_cli.resume import resume_args
 
     if not INFO_FLAGS.intersection(args):
         try:
             if command == "train":
                 args = resume_args(args)
+            check_plugins(_overrides(args))
             precheck(config_name, _overrides(args), module.precheck)
             check_writable(_overrides(args), "-m" in args or "--multirun" in args)
         except UserError as exc:
@@ -93,8 +105,14 @@ def run(argv: list[str]) -> int:
                 raise
             return _error(str(exc), 1)
     sys.argv = [f"meta-cli {command}", *args]
-    module.main()
-    if FAILED:
+    from meta_cli.summary import SWEEP_DIRS, write_summary
+    try:
+        module.main()
+    finally:
+        # Here rather than only in on_multirun_end, which Hydra skips when a job raised; and
+        # jobs of a parallel launcher fail in other processes, so read their status.json.
+        failed_jobs = sum((write_summary(d)["status"] != "ok").sum() for d in SWEEP_DIRS if d.is_dir())
+    if FAILED or failed_jobs:
         return 1
     return 0
 

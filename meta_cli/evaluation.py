@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import torch
@@ -63,6 +63,10 @@ class Result:
     accuracy: float  # nan for regression
     ci95: float  # of accuracy; of the loss for regression
     loss: float
+    #: Per episode, in episode order: query loss and accuracy (None for regression), kept in
+    #: episodes.csv so intervals can be recomputed and runs compared episode for episode.
+    episode_losses: list[float] = field(default_factory=list)
+    episode_accuracies: list[float] = field(default_factory=list)
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
@@ -79,5 +83,5 @@ def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: i
     mean_loss, loss_ci = loss.compute()
     if accuracy.values:
         mean_acc, acc_ci = accuracy.compute()
-        return Result(ways, shots, query, episodes, mean_acc, acc_ci, mean_loss)
-    return Result(ways, shots, query, episodes, math.nan, loss_ci, mean_loss)
+        return Result(ways, shots, query, episodes, mean_acc, acc_ci, mean_loss, loss.values, accuracy.values)
+    return Result(ways, shots, query, episodes, math.nan, loss_ci, mean_loss, loss.values)

@@ -1,12 +1,17 @@
-"""What every Hydra job shares: one-line errors that never end a sweep, and the run dir."""
+"""What every Hydra job shares: status.json, one-line errors that never end a sweep, the run dir."""
 from __future__ import annotations
 
+import json
+import os
 import sys
+import traceback
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
+from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
 
 T = TypeVar("T")
@@ -15,19 +20,54 @@ T = TypeVar("T")
 FAILED: list[str] = []
 
 
-def guarded(work: Callable[[], T]) -> T | None:
-    """Run a job; a UserError becomes one line on stderr and a recorded failure.
-
-    Raising (or sys.exit) inside a job would end a whole multirun, so the job returns None
-    and the CLI reports the failure through its exit code once every job has run.
-    """
-    try:
-        return work()
-    except UserError as exc:
-        print(f"meta-cli: error: {exc}", file=sys.stderr)
-        FAILED.append(str(exc))
-        return None
-
-
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _write_status(out: Path, status: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "status.json", (json.dumps(status, indent=1) + "\n").encode())
+
+
+def guarded(work: Callable[[], T]) -> T | None:
+    """Run a job, recording it in <run dir>/status.json whatever happens.
+
+    status.json says `running` from the start, then `ok` or `failed` with the error, start/end
+    times and the job's overrides; a job killed outright stays `running`, which `report` shows.
+    Raising (or sys.exit) inside a job would end a whole multirun, so a failed job prints one
+    line and returns None (the Optuna sweeper records that as a failed trial; NaN would crash
+    it); the CLI reports the failure through its exit code once every job has run.
+    """
+    hydra = HydraConfig.get()
+    out = run_dir()
+    status: dict[str, Any] = {
+        "status": "running", "error": None, "start": _now(), "end": None,
+        "overrides": list(hydra.overrides.task), "job": hydra.job.get("num"), "run_dir": str(out),
+    }
+    _write_status(out, status)
+    try:
+        result = work()
+        status["status"] = "ok"
+        return result
+    except UserError as exc:
+        status.update(status="failed", error=str(exc))
+        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # a bug or an environment fault: the sweep still goes on
+        (out / "error.log").write_text(traceback.format_exc())
+        message = f"unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        status.update(status="failed", error=message)
+        print(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", file=sys.stderr, flush=True)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+    except BaseException as exc:  # SIGTERM's SystemExit, a second Ctrl-C: record, then go on
+        status.update(status="failed", error=f"interrupted ({type(exc).__name__} {exc})".strip())
+        raise
+    finally:
+        status["end"] = _now()
+        _write_status(out, status)
+    FAILED.append(status["error"])
+    return None

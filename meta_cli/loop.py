@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import torch
 from tqdm import tqdm
@@ -17,6 +17,7 @@ from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.errors import UserError
 from meta_cli.evaluation import evaluate
+from meta_cli.loggers import CsvLogger
 from meta_cli.outputs import MetricsLog
 from meta_cli.params import Ge, Gt
 from meta_cli.seeding import rng_state, set_rng_state
@@ -50,11 +51,13 @@ class TrainSettings:
 
 class Trainer:
     def __init__(self, algorithm: Algorithm, source: TaskSource, settings: TrainSettings,
-                 run_dir: Path, seed: int, saved: dict[str, Any]) -> None:
+                 run_dir: Path, seed: int, saved: dict[str, Any],
+                 make_logger: Callable[[int], CsvLogger] = lambda start: CsvLogger(Path(), start)) -> None:
         self.algorithm, self.source, self.settings = algorithm, source, settings
         self.seed = seed
         self.run_dir = run_dir
         self.saved = saved  # config, splits, preprocessing: stored in every checkpoint
+        self.make_logger = make_logger  # called with the first iteration to come
         self.checkpoints = run_dir / "checkpoints"
         self.optimizer = torch.optim.Adam(algorithm.parameters(), lr=settings.meta_lr)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.iterations)
@@ -126,8 +129,9 @@ class Trainer:
             raise UserError(f"the val loss is {result.loss} at iteration {iteration} (split val); "
                             f"the last good checkpoint is kept: lower train.meta_lr.")
         value = result.accuracy if self.classification else result.loss
-        self.metrics.write(iteration, "val", result.loss,
-                           None if math.isnan(result.accuracy) else result.accuracy, None, elapsed)
+        val_accuracy = None if math.isnan(result.accuracy) else result.accuracy
+        self.metrics.write(iteration, "val", result.loss, val_accuracy, None, elapsed)
+        self.logger.log(iteration, "val", {"loss": result.loss, "accuracy": val_accuracy})
         better = self.best["value"] is None or (
             value > self.best["value"] if self.classification else value < self.best["value"])
         if better:
@@ -162,6 +166,7 @@ class Trainer:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_partials(self.checkpoints)
         self.metrics = MetricsLog(self.run_dir / "metrics.csv", keep_rows=self.metrics_rows)
+        self.logger = self.make_logger(self.iteration)
         # In a log file (SLURM, CI) a bar redrawn twice a second would fill it: every 30 s there.
         bar = tqdm(range(self.iteration + 1, s.iterations + 1), disable=not s.progress,
                    dynamic_ncols=True, initial=self.iteration, total=s.iterations,
@@ -175,6 +180,7 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
+            self.logger.close()
         return dict(self.best)
 
     def _iterate(self, iteration: int, start: float, bar: tqdm) -> None:
@@ -194,9 +200,11 @@ class Trainer:
         bar.set_postfix(postfix, refresh=False)
         last = iteration == s.iterations
         if iteration % s.log_every == 0 or last:
-            self.metrics.write(iteration, "train", w[0] / w[3],
-                               w[1] / w[3] if accuracy is not None else None,
-                               w[3] * s.meta_batch_size / w[2], time.perf_counter() - start)
+            row = {"loss": w[0] / w[3], "accuracy": w[1] / w[3] if accuracy is not None else None,
+                   "tasks_per_s": w[3] * s.meta_batch_size / w[2]}
+            self.metrics.write(iteration, "train", row["loss"], row["accuracy"], row["tasks_per_s"],
+                               time.perf_counter() - start)
+            self.logger.log(iteration, "train", row)
             self.window = [0.0, 0.0, 0.0, 0]
         validating = iteration % s.val_every == 0 or last
         if validating:

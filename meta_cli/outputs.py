@@ -79,6 +79,19 @@ def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_atomic(path, text.getvalue().encode())
 
 
+EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+
+
+def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """One row per meta-test episode (episode = its index from eval.seed)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EPISODE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in EPISODE_COLUMNS})
+    write_atomic(path, text.getvalue().encode())
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """accuracy.csv rows as an aligned text table for the terminal."""
     shown = ["algorithm", "dataset", "ways", "shots", "query", "split", "episodes", "accuracy", "loss"]

@@ -6,6 +6,7 @@ group option) are turned into one line that names the key and what is allowed.
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 import tempfile
@@ -16,6 +17,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
 
 from meta_cli.errors import UserError
 
@@ -69,12 +71,28 @@ def _compose(config_name: str, overrides: list[str]):
         raise UserError(_explain(exc))
 
 
+def _check_search_space(config_name: str, overrides: list[str]) -> None:
+    """A sweeper's search space (hparams_search=optuna) may only name keys the jobs have."""
+    first = next(iter(_combinations(overrides)), overrides)
+    try:
+        cfg = compose(config_name=config_name, overrides=first, return_hydra_config=True)
+    except HydraException:
+        return  # already reported by the job's own check
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    for key in params:
+        if OmegaConf.select(cfg, str(key), default=None) is None:
+            raise UserError(f"the sweeper tunes '{key}', which this config does not have (e.g. "
+                            f"protonet has no inner loop); pick an algorithm that has it or set "
+                            f"hydra.sweeper.params.")
+
+
 def precheck(config_name: str, overrides: list[str], check: Callable) -> None:
     """Raise UserError for the first override combination that fails `check(cfg)`."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
         for combo in _combinations(overrides):
             check(_compose(config_name, combo))
+        _check_search_space(config_name, overrides)
     GlobalHydra.instance().clear()
 
 
@@ -94,3 +112,31 @@ def check_writable(overrides: list[str], multirun: bool) -> None:
     except OSError as exc:
         raise UserError(f"cannot write the run dir {target}: {exc.strerror or exc}; choose a "
                         f"writable one with {key}PATH (or run from a writable folder).")
+
+
+#: Optional plugins behind config options: (override, option) -> (module, pip extra).
+PLUGINS = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "launchers"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("logger", "tensorboard"): ("tensorboard", "tensorboard"),
+}
+
+
+def check_plugins(overrides: list[str]) -> None:
+    """A preset whose plugin is not installed: say which extra installs it."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        for option in value.split(","):
+            plugin = PLUGINS.get((key, option.strip()))
+            if plugin is None:
+                continue
+            module, extra = plugin
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UserError(f"{key}={option} needs the {module.split('.')[-1].replace('_', '-')} "
+                                f"package: pip install 'meta-cli[{extra}]' (scripts/setup.sh installs it).")

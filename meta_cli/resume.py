@@ -16,8 +16,8 @@ from meta_cli import checkpoint
 from meta_cli.errors import UserError
 
 #: Settings that may differ between the checkpoint and the resuming command: where the data
-#: lies, the device, the progress bar. Anything else changes the experiment.
-FREE_KEYS = ("resume", "dataset.root", "dataset.download", "device", "train.progress")
+#: lies, the device, the progress bar, the logger. Anything else changes the experiment.
+FREE_KEYS = ("resume", "dataset.root", "dataset.download", "device", "train.progress", "logger")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -35,7 +35,7 @@ if ! "$PY" -c "import learn2learn" 2>/dev/null; then
   pip_install --use-pep517 --no-build-isolation \
     --config-settings=--build-option=build_ext learn2learn==0.2.0
 fi
-pip_install -e ".[dev]"
+pip_install -e ".[dev,launchers,optuna,tensorboard]"
 
 "$PY" -c "import meta_cli._l2l, torchvision, hydra"  # _l2l silences gym's import notice
 echo "$want" > "$STAMP"

@@ -7,14 +7,14 @@ from typing import Any
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.evaluation import EvalSettings, evaluate
-from meta_cli.outputs import format_table, write_accuracy
+from meta_cli.outputs import format_table, write_accuracy, write_episodes
 
 
 def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings,
               choices: dict[str, str], seed: int, checkpoint_path: Path) -> list[dict[str, Any]]:
     """accuracy.csv rows; `choices` are the config group options (algorithm, dataset, backbone)."""
     algorithm.eval()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ways, shots, query in evaluation.settings(algorithm, source):
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
                           evaluation.seed, ways, shots, query)
@@ -26,10 +26,17 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
             "shots": shots, "query": query, "split": evaluation.split,
             "episodes": result.episodes, "accuracy": result.accuracy, "ci95": result.ci95,
             "loss": result.loss, "seed": seed, "checkpoint": str(checkpoint_path),
+            "_episodes": result,
         })
     return rows
 
 
 def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """accuracy.csv, episodes.csv (every episode of every row), and the table on stdout."""
+    write_episodes(run_dir / "episodes.csv", [
+        {"ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
+         "episode": i, "loss": loss,
+         "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
+        for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
     write_accuracy(run_dir / "accuracy.csv", rows)
     print(format_table(rows), flush=True)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from meta_cli import __version__, checkpoint, resume
 from meta_cli.apps.common import test_rows, write_results
-from meta_cli.build import build_train, check_seed, plain
+from meta_cli.build import build_train, check_seed, instantiate, plain
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
 from meta_cli.loop import Trainer
@@ -34,7 +34,8 @@ def train(cfg: DictConfig) -> float | None:
     choices = {g: HydraConfig.get().runtime.choices.get(g) for g in ("algorithm", "dataset", "backbone")}
     saved: dict[str, Any] = {"config": run.config, "choices": choices,
                              "meta_cli_version": __version__, **described}
-    trainer = Trainer(algorithm, source, settings, out, run.config["seed"], saved)
+    trainer = Trainer(algorithm, source, settings, out, run.config["seed"], saved,
+                      lambda start: instantiate(run.config["logger"], run_dir=out, start_iteration=start))
     if resumed is not None:
         path, payload = resumed
         resume.check_config(payload, run.config, path)

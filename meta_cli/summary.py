@@ -1,0 +1,96 @@
+"""summary.csv: every job of a sweep (or one run), its overrides, status and accuracy rows.
+
+Written by the CLI once a multirun returns — also when a job failed, where Hydra skips its
+`on_multirun_end` callbacks — and by `meta-cli report`, which also reads interrupted sweeps.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from meta_cli.atomic import write_atomic
+from meta_cli.outputs import ACCURACY_COLUMNS
+
+JOB_COLUMNS = ["job", "status", "error", "overrides", "run_dir"]
+
+#: Sweep dirs started in this process (filled by SweepCallback), for the CLI to summarise.
+SWEEP_DIRS: list[Path] = []
+
+
+class SweepCallback(Callback):
+    """Remembers the sweep dir; writes summary.csv when Hydra does call on_multirun_end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SWEEP_DIRS.append(Path(str(config.hydra.sweep.dir)).absolute())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_summary(Path(str(config.hydra.sweep.dir)).absolute())
+
+
+def job_dirs(path: Path) -> list[Path]:
+    """The run dirs at or under `path` (those Hydra made: with .hydra/ or status.json)."""
+    if (path / ".hydra").is_dir() or (path / "status.json").is_file():
+        return [path]
+    found = {p.parent for p in path.rglob(".hydra")} | {p.parent for p in path.rglob("status.json")}
+    key = lambda p: [int(part) if part.isdigit() else part for part in p.relative_to(path).parts]  # noqa: E731
+    return sorted(found, key=key)
+
+
+def job_record(run: Path) -> dict[str, Any]:
+    """status.json, or what can be told without one (a job killed before it started)."""
+    record: dict[str, Any] = {"status": "not started", "error": None, "overrides": []}
+    status = run / "status.json"
+    if status.is_file():
+        try:
+            record.update(json.loads(status.read_text()))
+        except ValueError:
+            record.update(status="unknown", error=f"unreadable {status}")
+    elif (run / ".hydra" / "overrides.yaml").is_file():
+        record["overrides"] = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    return record
+
+
+def _job_name(run: Path, root: Path) -> str:
+    return str(run.relative_to(root)) if run != root else run.name
+
+
+def summary(path: Path) -> pd.DataFrame:
+    """One row per accuracy.csv row of each ok job; one row per job that has none."""
+    path = path.absolute()
+    rows: list[dict[str, Any]] = []
+    for run in job_dirs(path):
+        record = job_record(run)
+        overrides = [o for o in record.get("overrides") or [] if not o.startswith("hydra.")]
+        base = {"job": _job_name(run, path), "status": record["status"], "error": record["error"],
+                "overrides": " ".join(overrides), "run_dir": str(run)}
+        # Each override as its own column, for pivoting; accuracy.csv's own columns win.
+        for o in overrides:
+            key, _, value = o.lstrip("+~").partition("=")
+            if key not in ACCURACY_COLUMNS:
+                base[key] = value
+        accuracy = run / "accuracy.csv"
+        if record["status"] == "ok" and accuracy.is_file():
+            for acc in pd.read_csv(accuracy).to_dict("records"):
+                rows.append({**base, **acc})
+        else:
+            rows.append(base)
+    columns = JOB_COLUMNS + ACCURACY_COLUMNS
+    frame = pd.DataFrame(rows)
+    extra = [c for c in frame.columns if c not in columns]
+    # Nullable dtypes: a failed job's empty cells must not turn shots or episodes into floats.
+    return frame.reindex(columns=JOB_COLUMNS + extra + ACCURACY_COLUMNS).convert_dtypes()
+
+
+def write_summary(path: Path) -> pd.DataFrame:
+    frame = summary(path)
+    text = io.StringIO()
+    frame.to_csv(text, index=False)
+    write_atomic(path / "summary.csv", text.getvalue().encode())
+    return frame
