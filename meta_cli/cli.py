@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 
 from meta_cli.errors import UserError
 
@@ -68,9 +67,6 @@ def _error(message: str, code: int) -> int:
 
 
 def run(argv: list[str]) -> int:
-    # conf/hydra/launcher/<name>.yaml shares its name with the plugin's schema, on purpose: Hydra
-    # then checks our preset against it, and warns that this matching is deprecated.
-    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -89,7 +85,7 @@ def run(argv: list[str]) -> int:
             return module.main(args)
         except UserError as exc:
             return _error(str(exc), 1)
-    from meta_cli.job import FAILED
+    from meta_cli.job import FAILED  # noqa: F401 (also installs the job's warning filters)
     from meta_cli.precheck import check_plugins, check_writable, precheck
     from meta_cli.resume import resume_args
 

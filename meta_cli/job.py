@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -15,6 +16,11 @@ from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
 
 T = TypeVar("T")
+
+# conf/hydra/launcher/<name>.yaml shares its name with the plugin's schema, on purpose: Hydra then
+# checks our preset against it, and warns that this matching is deprecated. Set here, on import,
+# because the jobs of a joblib or submitit launcher compose their config in other processes.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 #: Messages of the jobs of this process that failed; the CLI turns them into its exit code.
 FAILED: list[str] = []

@@ -34,9 +34,10 @@ def common_overrides(summary: pd.DataFrame) -> list[str]:
     return [o for o in lists[0] if all(o in other for other in lists[1:])]
 
 
-def _setting(overrides: object, common: list[str]) -> str:
+def _setting(overrides: object, common: list[str], keep_seed: bool = False) -> str:
     """A job's own overrides without its seed: the jobs of one setting differ by seed only."""
-    kept = [o for o in _overrides(overrides) if o not in common and not re.match(r"^\+?seed=", o)]
+    kept = [o for o in _overrides(overrides)
+            if o not in common and (keep_seed or not re.match(r"^\+?seed=", o))]
     return " ".join(kept) or "(defaults)"
 
 
@@ -103,11 +104,12 @@ def plot_curves(path: Path, summary: pd.DataFrame) -> Path | None:
         return None
     with_accuracy = any(m["accuracy"].notna().any() for _, m in curves)
     panels = [("loss", "train"), ("loss", "val")] + ([("accuracy", "train"), ("accuracy", "val")] if with_accuracy else [])
-    figure, axes = plt.subplots(len(panels) // 2, 2, figsize=(12, 4 * len(panels) // 2), squeeze=False)
+    figure, axes = plt.subplots(len(panels) // 2, 2, figsize=(12, 4 * len(panels) // 2), squeeze=False,
+                                layout="constrained")
     for ax, (metric, split) in zip(axes.flat, panels):
         for row, metrics in curves:
             part = metrics[metrics["split"] == split]
-            label = f"{row.job}: {_setting(row.overrides, common)}"[:70]
+            label = f"{row.job}: {_setting(row.overrides, common, keep_seed=True)}"[:70]
             ax.plot(part["iteration"], part[metric], marker="." if split == "val" else None, label=label)
         ax.set_title(f"{split} {metric}")
         ax.set_xlabel("iteration")
@@ -132,10 +134,10 @@ def plot_bars(path: Path, table: pd.DataFrame) -> Path | None:
     done = table.dropna(subset=[metric])
     if done.empty:
         return None
-    labels = [f"{r.setting}\n{int(r.ways)}-way {int(r.shots)}-shot" if pd.notna(r.ways) else
-              f"{r.setting}\n{int(r.shots)}-shot" for r in done.itertuples()]
+    labels = [f"{r.setting}\n{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
+              f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in done.itertuples()]
     scale = 100.0 if metric == "accuracy" else 1.0
-    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 5))
+    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 5), layout="constrained")
     ax.bar(range(len(done)), scale * done[metric], yerr=scale * done["ci95"], capsize=6, color="#4c72b0")
     for x, (value, ci) in enumerate(zip(done[metric], done["ci95"])):
         ax.annotate(f"{scale * value:.2f} ± {scale * ci:.2f}", (x, scale * (value + ci)),

@@ -2,7 +2,7 @@
 
 The CLI runs in a subprocess; a `sitecustomize` put on its PYTHONPATH SIGKILLs it at a chosen
 point: the n-th `os.replace` of a file whose path contains a marker (the rename that commits a
-checkpoint's temp file or its manifest), or after some seconds.
+checkpoint's temp file or its manifest), or once a file matching a glob has n lines.
 """
 from __future__ import annotations
 
@@ -21,18 +21,19 @@ RUN = ["dataset=sinusoid", "train.iterations=120", "train.val_every=40", "train.
        "train.val_episodes=20", "train.progress=false", "eval.episodes=50"]
 
 KILLER = '''
-import os, signal, threading
+import glob, os, signal, threading
 spec = os.environ.get("KILL_AT")
 if spec:
     kind, marker, n = spec.split(":")
     if kind == "rows":  # once the file has n lines, at whatever the run is doing then
         def watch():
             while True:
-                try:
-                    if open(marker).read().count("\\n") >= int(n):
-                        os.kill(os.getpid(), signal.SIGKILL)
-                except OSError:
-                    pass
+                for path in glob.glob(marker):
+                    try:
+                        if open(path).read().count("\\n") >= int(n):
+                            os.kill(os.getpid(), signal.SIGKILL)
+                    except OSError:
+                        pass
         threading.Thread(target=watch, daemon=True).start()
     else:
         real, calls = os.replace, [0]
