@@ -20,7 +20,10 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
                    "dataset/omniglot.yaml", "dataset/sinusoid.yaml", "backbone/conv4.yaml",
                    "backbone/conv4_pool.yaml", "backbone/mlp.yaml", "device/auto.yaml",
                    "device/cpu.yaml", "device/cuda.yaml", "tuned/maml_sinusoid.yaml",
-                   "tuned/protonet_omniglot.yaml", "tuned/maml_omniglot.yaml"):
+                   "tuned/protonet_omniglot.yaml", "tuned/maml_omniglot.yaml", "predict.yaml",
+                   "hydra/launcher/joblib.yaml", "hydra/launcher/submitit_slurm.yaml",
+                   "hydra/launcher/submitit_local.yaml", "hydra/launcher/ray.yaml",
+                   "hparams_search/optuna.yaml", "logger/csv.yaml", "logger/tensorboard.yaml"):
         assert f"meta_cli/conf/{config}" in names, config
 
     target = tmp_path / "site"

@@ -40,13 +40,23 @@ class Algorithm(nn.Module, abc.ABC):
                 f"this dataset is {task}. Pick another algorithm or dataset."
             )
 
-    @abc.abstractmethod
-    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Adapt to `episode.support`, then return the query loss and query accuracy.
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        """Adapt to `episode.support` (and `support_labels`), then return the model's output
+        on `episode.query`: (n_query, ways) logits for classification, (n_query, 1)
+        predictions for regression. `episode.query_labels` is not read, so prediction on
+        unlabelled images shares this path with meta-training and meta-testing.
 
-        Accuracy is None for regression. `training` selects the meta-training inner loop
-        (e.g. second-order) versus the test-time one.
+        `training` selects the meta-training inner loop (e.g. second-order) versus the
+        test-time one.
         """
+        # Not abstract: a model that only defines episode_loss (a test double) is still valid.
+        raise NotImplementedError(f"{type(self).__name__} does not define query_logits")
+
+    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The query loss (scalar) and query accuracy (scalar; None for regression) after
+        adapting to the support set, from `query_logits`."""
+        output = self.query_logits(episode, training)
+        return self.loss(output, episode.query_labels), self.accuracy(output, episode.query_labels)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":

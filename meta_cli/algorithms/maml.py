@@ -55,12 +55,14 @@ class MAML(Algorithm):
         self.test_adaptation_steps = test_adaptation_steps
         self.first_order = first_order
 
-    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        """(n_query, outputs) output of a clone adapted on the support set; the meta-parameters
+        are left as they are."""
         steps = self.adaptation_steps if training else self.test_adaptation_steps
+        # The inner loop needs gradients even under no_grad (meta-testing, prediction).
         with torch.enable_grad():
             learner = self.maml.clone()
             for _ in range(steps):
                 support_loss = self.loss(learner(episode.support), episode.support_labels)
                 adapt(learner, support_loss, first_order=self.first_order or not training)
-        output = learner(episode.query)
-        return self.loss(output, episode.query_labels), self.accuracy(output, episode.query_labels)
+        return learner(episode.query)

@@ -19,10 +19,11 @@ class ProtoNet(Algorithm):
         super().__init__(backbone, task, outputs)
         self.backbone = backbone
 
-    def episode_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        """(n_query, ways) logits: -squared distance to the prototype of each support label,
+        in the order of the sorted distinct labels."""
         # One forward pass, as in learn2learn's ProtoNet example: batch norm sees both sets.
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         support, query = embeddings.split([len(episode.support), len(episode.query)])
         classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
-        logits = classifier(query)
-        return self.loss(logits, episode.query_labels), self.accuracy(logits, episode.query_labels)
+        return classifier(query)

@@ -96,14 +96,24 @@ def _read(z: zipfile.ZipFile, member: str, zip_path: Path) -> bytes:
                         f"replace it with the official file.")
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
-    """105x105 black-on-white PNG -> 28x28 uint8 with strokes bright (255 = stroke)."""
+def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A black-on-white image (Omniglot's PNGs are 105x105) -> (size, size) uint8 grayscale,
+    LANCZOS-resized, inverted so that strokes are bright (255 = stroke).
+
+    The one definition of the pixels a model sees: the training data and `meta-cli predict`
+    both go through it. Any PIL error propagates; `decode` names the file.
+    """
+    image = image.convert("L").resize((size, size), Image.LANCZOS)
+    return 255 - np.asarray(image, dtype=np.uint8)
+
+
+def decode(data: bytes, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Image file bytes -> `preprocess`ed (size, size) uint8; a bad file is a UserError
+    naming `where`."""
     try:
-        image = Image.open(io.BytesIO(data)).convert("L")
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+        return preprocess(Image.open(io.BytesIO(data)), size)
     except Exception as exc:  # PIL raises many types for a bad file
         raise UserError(f"cannot decode image {where}: {exc}")
-    return 255 - np.asarray(image, dtype=np.uint8)
 
 
 def _cache_dir() -> Path:
@@ -135,7 +145,7 @@ def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndar
         with zipfile.ZipFile(zip_path) as z:
             for character, members in list_characters(zip_path).items():
                 characters.append(f"{zip_path.stem}:{character}")
-                images.extend(_decode(_read(z, m, zip_path), f"{zip_path}:{m}") for m in members)
+                images.extend(decode(_read(z, m, zip_path), f"{zip_path}:{m}") for m in members)
                 offsets.append(len(images))
     tensor = torch.from_numpy(np.stack(images))
     blob = {"images": tensor, "characters": characters, "offsets": torch.tensor(offsets)}

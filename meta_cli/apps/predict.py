@@ -1,0 +1,156 @@
+"""`meta-cli predict checkpoint=PATH support=DIR query=DIR`: label your own images.
+
+support=DIR holds one subfolder per class, named by its label; query= is a folder of images,
+one image, or a list of them. Writes predictions.csv (path, predicted_class, score) into the
+run dir and prints it. Everything (files, checkpoint, number of classes, every image) is
+checked by `precheck` before Hydra creates the run dir.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from meta_cli.atomic import write_atomic
+from meta_cli.build import instantiate, plain
+from meta_cli.errors import UserError
+from meta_cli.job import guarded, run_dir
+from meta_cli.predict import Learner, restore
+from meta_cli.validation import check_keys, check_node
+
+PREDICT_KEYS = {"checkpoint", "support", "query", "device"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
+                  ".ppm", ".pnm", ".pbm"}
+COLUMNS = ["path", "predicted_class", "score"]
+
+
+@dataclass
+class Job:
+    learner: Learner
+    support: torch.Tensor  # (k, C, H, W) preprocessed support images, class by class
+    labels: list[str]  # k class names, one per support image
+    query_paths: list[Path]
+    query: torch.Tensor  # (n, C, H, W) preprocessed query images
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; other files are ignored."""
+    return [p for p in _visible(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _path(value: Any, key: str) -> Path:
+    if value == "???" or value is None:
+        raise UserError(f"{key}= is required: meta-cli predict checkpoint=PATH support=DIR query=DIR.")
+    if not isinstance(value, str):
+        raise UserError(f"{key} must be a path; got {value!r}.")
+    return Path(value).expanduser()
+
+
+def support_set(value: Any) -> tuple[list[Path], list[str]]:
+    """support=DIR -> image paths and their class names (the subfolder names), sorted."""
+    folder = _path(value, "support")
+    if not folder.is_dir():
+        raise UserError(f"support={folder}: no such directory; give a folder with one subfolder "
+                        f"of images per class.")
+    classes = [p for p in _visible(folder) if p.is_dir()]
+    if not classes:
+        raise UserError(f"support={folder} has no class subfolders; put each class's images in "
+                        f"a subfolder named after the class (support/<class>/<image>.png).")
+    paths, labels = [], []
+    for c in classes:
+        images = _images(c)
+        if not images:
+            raise UserError(f"support class folder {c} holds no images "
+                            f"({' '.join(sorted(IMAGE_SUFFIXES))}).")
+        paths += images
+        labels += [c.name] * len(images)
+    return paths, labels
+
+
+def query_set(value: Any) -> list[Path]:
+    """query=DIR (its images, sorted), query=FILE or query=[FILE,...] -> image paths."""
+    if isinstance(value, list):
+        paths = [_path(v, "query") for v in value]
+        if not paths:
+            raise UserError("query=[] names no images.")
+        for p in paths:
+            if not p.is_file():
+                raise UserError(f"query image {p} does not exist (or is not a file).")
+        return paths
+    path = _path(value, "query")
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"query={path}: no such directory or image file.")
+    paths = _images(path)
+    if not paths:
+        raise UserError(f"query={path} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}).")
+    return paths
+
+
+def prepare(cfg: DictConfig | dict[str, Any]) -> Job:
+    """Check the files, the checkpoint, the number of classes and decode every image."""
+    config = plain(cfg)
+    check_keys(config, PREDICT_KEYS, "")
+    check_node(config["device"], "device")
+    missing = [f"{k}=" for k in ("checkpoint", "support", "query") if config.get(k) in ("???", None)]
+    if missing:
+        raise UserError(f"{', '.join(missing)} required: meta-cli predict checkpoint=PATH "
+                        f"support=DIR query=DIR (see meta-cli predict --help).")
+    learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]))
+    support_paths, labels = support_set(config["support"])
+    query_paths = query_set(config["query"])
+    learner.check_classes(len(set(labels)))
+    support = learner.preprocess(support_paths, "support")
+    query = learner.preprocess(query_paths, "query")
+    return Job(learner, support, labels, query_paths, query)
+
+
+def rows_of(job: Job) -> list[dict[str, str]]:
+    result = job.learner.predict(job.support, job.labels, job.query)
+    return [{"path": str(p), "predicted_class": label, "score": f"{score:.6f}"}
+            for p, label, score in zip(job.query_paths, result.labels, result.scores.tolist())]
+
+
+def format_rows(rows: list[dict[str, str]]) -> str:
+    """predictions.csv rows as an aligned table for the terminal."""
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in COLUMNS}
+    lines = [[k.ljust(widths[k]) for k in COLUMNS]]
+    lines += [[r[k].ljust(widths[k]) for k in COLUMNS] for r in rows]
+    return "\n".join("  ".join(cells).rstrip() for cells in lines)
+
+
+def predict_images(cfg: DictConfig) -> int:
+    """Returns the number of labelled query images."""
+    rows = rows_of(prepare(cfg))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(run_dir() / "predictions.csv", text.getvalue().encode())
+    print(format_rows(rows), flush=True)
+    return len(rows)
+
+
+def precheck(cfg: DictConfig) -> None:
+    """Everything the job checks before its first step (run by the CLI for every job)."""
+    prepare(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="predict")
+def main(cfg: DictConfig) -> int | None:
+    return guarded(lambda: predict_images(cfg))
+
+
+if __name__ == "__main__":
+    main()

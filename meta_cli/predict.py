@@ -1,0 +1,217 @@
+"""A trained model applied to your own labelled and unlabelled images.
+
+    learner = meta_cli.load("outputs/<run>/checkpoints/best.pt")
+    result = learner.predict(["a1.png", "b1.png"], ["alpha", "beta"], ["x.png", "y.png"])
+    result.labels, result.scores        # ['beta', 'alpha'], tensor([0.97, 0.88])
+
+Images go through the checkpoint's own preprocessing (`omniglot_files.preprocess`, the code
+that made the training data); the model adapts to the support set exactly as in meta-testing
+(`Algorithm.query_logits`: MAML's test-time inner loop, ProtoNet's prototypes).
+
+Batch norm uses the statistics of each batch, as in training and meta-testing, so the
+prediction for one query image depends on the other query images given with it.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Hashable, Sequence, Union
+
+import torch
+from hydra.utils import get_object
+from PIL import Image
+
+from meta_cli import checkpoint as checkpoints
+from meta_cli.algorithms.base import Algorithm
+from meta_cli.build import build_model
+from meta_cli.data.base import Episode
+from meta_cli.data.omniglot_files import decode, preprocess
+from meta_cli.device import pick_device
+from meta_cli.errors import UserError
+from meta_cli.resume import load_weights
+from meta_cli.validation import check_node
+
+#: One image: a file path, a PIL image, or a tensor that is already a model input.
+ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor]
+#: Several images: a sequence of ImageLike, or one (N, C, H, W) tensor.
+Images = Union[Sequence[ImageLike], torch.Tensor, ImageLike]
+
+#: What `preprocess` implements; a checkpoint that asks for anything else is refused.
+SUPPORTED = {"channels": 1, "resize": "lanczos", "invert": True}
+
+
+@dataclass
+class Predictions:
+    """The answer for n query images of a `ways`-class support set."""
+
+    labels: list[Any]  # n predicted labels, taken from support_labels
+    scores: torch.Tensor  # (n,) softmax probability of the predicted label
+    probabilities: torch.Tensor  # (n, ways), columns in the order of `classes`
+    classes: list[Any]  # the distinct support labels, in order of first appearance
+
+
+class Learner:
+    """A restored meta-learner; `predict` adapts it to a support set and labels a query set.
+
+    Nothing is kept between calls: every `predict` starts from the meta-trained weights.
+    """
+
+    def __init__(self, algorithm: Algorithm, preprocessing: dict[str, Any], device: torch.device,
+                 path: Path) -> None:
+        self.algorithm = algorithm.to(device).eval()
+        self.preprocessing = preprocessing
+        self.device = device
+        self.path = path
+        self.input_shape: tuple[int, ...] = (preprocessing["channels"], preprocessing["image_size"],
+                                             preprocessing["image_size"])
+
+    @property
+    def ways(self) -> int | None:
+        """The number of support classes the model requires (MAML's fixed head), else None."""
+        return self.algorithm.outputs if self.algorithm.fixed_ways else None
+
+    def check_classes(self, count: int) -> None:
+        """UserError unless a support set of `count` classes can be predicted from."""
+        name = type(self.algorithm).__name__
+        if self.ways is not None and count != self.ways:
+            raise UserError(f"the support set has {count} classes but this {name} model was trained "
+                            f"{self.ways}-way: its output layer is fixed, so give exactly "
+                            f"{self.ways} classes (or use a protonet checkpoint, which takes any number).")
+        if count < 2:
+            raise UserError(f"the support set has {count} class; {name} needs at least 2 to choose from.")
+
+    def preprocess(self, images: Images, what: str = "image") -> torch.Tensor:
+        """Images -> (N, C, H, W) float model inputs on the CPU, 0..1 with strokes = 1.
+
+        Paths and PIL images are preprocessed as the training data was; tensors are taken as
+        model inputs already, (C, H, W) each or (N, C, H, W) together. `what` ("support",
+        "query") names the set in error messages.
+        """
+        items = self._items(images)
+        if not items:
+            raise UserError(f"no {what} images given.")
+        return torch.stack([self._one(item, f"{what} image {i}") for i, item in enumerate(items)])
+
+    def _items(self, images: Images) -> list[ImageLike]:
+        if isinstance(images, torch.Tensor):
+            if images.dim() == len(self.input_shape) + 1:
+                return list(images)
+            return [images]
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            return [images]
+        return list(images)
+
+    def _one(self, item: ImageLike, where: str) -> torch.Tensor:
+        size = self.preprocessing["image_size"]
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                data = Path(item).expanduser().read_bytes()
+            except OSError as exc:
+                raise UserError(f"cannot read image {item}: {exc.strerror or exc}.")
+            pixels = decode(data, str(item), size)
+        elif isinstance(item, Image.Image):
+            try:
+                pixels = preprocess(item, size)
+            except Exception as exc:  # PIL raises many types for a bad image
+                raise UserError(f"cannot preprocess {where} (a PIL image): {exc}")
+        elif isinstance(item, torch.Tensor):
+            return self._tensor(item, where)
+        else:
+            raise UserError(f"{where} is a {type(item).__name__}; give a file path, a PIL image "
+                            f"or a tensor.")
+        # As Omniglot's sampler does: uint8 with strokes 255 -> float with strokes 1.
+        return torch.from_numpy(pixels).float().div_(255).unsqueeze(0)  # (1, size, size)
+
+    def _tensor(self, item: torch.Tensor, where: str) -> torch.Tensor:
+        if tuple(item.shape) != self.input_shape:
+            raise UserError(f"{where} is a tensor of shape {tuple(item.shape)}; this model takes "
+                            f"{self.input_shape} (or a batch (N, {', '.join(map(str, self.input_shape))})).")
+        if not item.is_floating_point():
+            raise UserError(f"{where} is a {item.dtype} tensor; tensors are taken as preprocessed "
+                            f"model inputs (float, 0..1, strokes = 1): pass raw pixels as a PIL image.")
+        if item.numel() and (item.min() < 0 or item.max() > 1):
+            raise UserError(f"{where} has values outside 0..1; tensors are taken as preprocessed "
+                            f"model inputs (float, 0..1, strokes = 1): pass raw pixels as a PIL image.")
+        return item.detach().float().cpu()
+
+    def predict(self, support: Images, support_labels: Sequence[Hashable] | torch.Tensor,
+                query: Images) -> Predictions:
+        """Adapt to the labelled support images, then label each query image.
+
+        support: k images (paths, PIL images, tensors (C, H, W) or one (k, C, H, W) tensor);
+        support_labels: k labels of any hashable kind (class names); query: n images, same
+        kinds. Returns n labels from support_labels with their softmax scores.
+        """
+        x_support = self.preprocess(support, "support")
+        x_query = self.preprocess(query, "query")
+        labels = support_labels.tolist() if isinstance(support_labels, torch.Tensor) else list(support_labels)
+        if len(labels) != len(x_support):
+            raise UserError(f"{len(x_support)} support images but {len(labels)} support labels; "
+                            f"give one label per image.")
+        try:
+            classes = list(dict.fromkeys(labels))  # first appearance: the caller decides the order
+        except TypeError as exc:
+            raise UserError(f"support labels must be hashable (names or numbers): {exc}.")
+        self.check_classes(len(classes))
+        index = {c: i for i, c in enumerate(classes)}
+        y_support = torch.tensor([index[c] for c in labels])
+        # query_labels are never read by query_logits; -1 would fail loudly if they were.
+        episode = Episode(x_support, y_support, x_query, torch.full((len(x_query),), -1))
+        with torch.no_grad():
+            logits = self.algorithm.query_logits(episode.to(self.device), training=False).float().cpu()
+        probabilities = logits.softmax(dim=1)  # (n, ways)
+        best = logits.argmax(dim=1)  # the class eval's accuracy counts, ties included
+        return Predictions(labels=[classes[i] for i in best.tolist()],
+                           scores=probabilities.gather(1, best[:, None]).squeeze(1),
+                           probabilities=probabilities, classes=classes)
+
+
+def _model(config: dict[str, Any], path: Path) -> Algorithm:
+    """The checkpoint's model without its dataset: predicting needs no training data.
+
+    `build_model` (what `build` calls) gets a stand-in for the dataset with the three things a
+    model reads from it: task, input shape and ways.
+    """
+    for group in ("algorithm", "dataset", "backbone"):
+        check_node(config[group], group)
+    dataset = get_object(config["dataset"]["_target_"])
+    if dataset.task != "classification":
+        raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); "
+                        f"predict labels images and needs a classification checkpoint "
+                        f"(e.g. one trained with dataset=omniglot).")
+    ways = config["dataset"].get("ways", inspect.signature(dataset).parameters["ways"].default)
+    stand_in = SimpleNamespace(task=dataset.task, input_shape=dataset.input_shape, ways=ways)
+    return build_model(config, stand_in)  # type: ignore[arg-type]
+
+
+def _preprocessing(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    steps = payload.get("preprocessing") or {}
+    if any(steps.get(k) != v for k, v in SUPPORTED.items()) or not isinstance(steps.get("image_size"), int):
+        raise UserError(f"checkpoint {path} preprocesses images as {steps or 'nothing recorded'}; "
+                        f"predict applies 1-channel, LANCZOS-resized, inverted images only.")
+    return steps
+
+
+def restore(path: str | os.PathLike, device: torch.device) -> Learner:
+    """Load `path` (verified, tensors only), rebuild its model and weights on `device`."""
+    path = Path(path).expanduser().resolve()
+    payload = checkpoints.load(path)
+    config = copy.deepcopy(payload["config"])
+    algorithm = _model(config, path)
+    load_weights(algorithm, payload["algorithm"], path)
+    return Learner(algorithm, _preprocessing(payload, path), device, path)
+
+
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Learner:
+    """The learner saved in `checkpoint` (a .pt written by `meta-cli train`).
+
+    device: "auto" (cuda when visible, else cpu), "cpu", "cuda", or any torch device.
+    Problems with the file or the model are a UserError with a one-line message.
+    """
+    if device in ("auto", "cpu", "cuda"):
+        device = pick_device(device)  # type: ignore[arg-type]
+    return restore(checkpoint, torch.device(device))
