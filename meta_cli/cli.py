@@ -107,7 +107,15 @@ def run(argv: list[str]) -> int:
     finally:
         # Here rather than only in on_multirun_end, which Hydra skips when a job raised; and
         # jobs of a parallel launcher fail in other processes, so read their status.json.
-        failed_jobs = sum((write_summary(d)["status"] != "ok").sum() for d in SWEEP_DIRS if d.is_dir())
+        failed_jobs = 0
+        for sweep in (d for d in SWEEP_DIRS if d.is_dir()):
+            jobs = write_summary(sweep).drop_duplicates("job")
+            failed = int((jobs["status"] != "ok").sum())
+            failed_jobs += failed
+            print(f"meta-cli: {len(jobs) - failed} of {len(jobs)} jobs ok"
+                  + (f", {failed} failed" if failed else "")
+                  + f"; summary: {sweep / 'summary.csv'} (meta-cli report {sweep})",
+                  file=sys.stderr, flush=True)
     if FAILED or failed_jobs:
         return 1
     return 0
