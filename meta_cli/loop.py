@@ -88,26 +88,38 @@ class Trainer:
         """One outer step; episodes are numbered so that each (seed, iteration) is fixed."""
         batch = self.settings.meta_batch_size
         ways = self.settings.ways or self.source.ways
+        episodes = (self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
+                                        self.source.shots, self.source.query) for t in range(batch))
         self.optimizer.zero_grad(set_to_none=True)
-        losses, accuracies = [], []
-        for t in range(batch):
-            episode = self.source.episode("train", (iteration - 1) * batch + t, self.seed,
-                                          ways, self.source.shots, self.source.query)
-            loss, accuracy = self.algorithm.episode_loss(episode, training=True)
-            (loss / batch).backward()  # the mean query loss of the meta-batch
-            losses.append(loss.detach())
-            if accuracy is not None:
-                accuracies.append(accuracy.detach())
-        mean_loss = torch.stack(losses).mean().item()
-        if not math.isfinite(mean_loss):
-            raise UserError(f"the train loss is {mean_loss} at iteration {iteration} (split train); "
-                            f"this step was not applied and the checkpoints "
-                            f"so far are intact: lower train.meta_lr or the algorithm's learning rate.")
+        if getattr(self.algorithm, "backend", "l2l") == "vmap":
+            # The whole meta-batch in one vectorised pass, one backward.
+            loss, accuracy = self.algorithm.meta_batch_loss(list(episodes))
+            self._check_loss(loss.item(), iteration)
+            loss.backward()
+            mean_loss, mean_accuracy = loss.item(), (accuracy.item() if accuracy is not None else None)
+        else:
+            losses, accuracies = [], []
+            for episode in episodes:
+                loss, accuracy = self.algorithm.episode_loss(episode, training=True)
+                (loss / batch).backward()  # the mean query loss; each task's graph freed at once
+                losses.append(loss.detach())
+                if accuracy is not None:
+                    accuracies.append(accuracy.detach())
+            mean_loss = torch.stack(losses).mean().item()
+            self._check_loss(mean_loss, iteration)
+            mean_accuracy = torch.stack(accuracies).mean().item() if accuracies else None
         self._check_gradient(iteration)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return mean_loss, (torch.stack(accuracies).mean().item() if accuracies else None)
+        return mean_loss, mean_accuracy
+
+    @staticmethod
+    def _check_loss(mean_loss: float, iteration: int) -> None:
+        if not math.isfinite(mean_loss):
+            raise UserError(f"the train loss is {mean_loss} at iteration {iteration} (split train); "
+                            f"this step was not applied and the checkpoints so far are intact: "
+                            f"lower train.meta_lr or the algorithm's learning rate.")
 
     def _check_gradient(self, iteration: int) -> None:
         grads = [p.grad for p in self.algorithm.parameters() if p.grad is not None]

@@ -1,12 +1,13 @@
 """MAML (Finn et al., 2017) through learn2learn's `l2l.algorithms.MAML`."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
+from meta_cli.algorithms import vectorized
 from meta_cli.algorithms.base import Algorithm, Task
 from meta_cli.data.base import Episode
 from meta_cli.params import Ge, Gt
@@ -43,6 +44,7 @@ class MAML(Algorithm):
         adaptation_steps: Annotated[int, Ge(1)] = 1,
         test_adaptation_steps: Annotated[int, Ge(0)] = 3,
         first_order: bool = False,
+        backend: Literal["l2l", "vmap"] = "l2l",
     ) -> None:
         super().__init__(backbone, task, outputs)
         head = nn.Linear(backbone.out_features, outputs)
@@ -54,6 +56,17 @@ class MAML(Algorithm):
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = test_adaptation_steps
         self.first_order = first_order
+        #: l2l: learn2learn's clone/adapt, task by task. vmap: the meta-batch at once with
+        #: torch.func (same meta-gradient; algorithms/vectorized.py). Test time is l2l either way.
+        self.backend = backend
+        # Not a registered submodule: checkpoints hold the model once, whatever the backend.
+        object.__setattr__(self, "_twin", vectorized.functional_twin(self.maml.module) if backend == "vmap" else None)
+
+    def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """backend=vmap: mean query loss and accuracy of a meta-batch, one vectorised pass."""
+        return vectorized.maml_meta_batch(
+            self.maml.module, self._twin, vectorized.stack(episodes), self.maml.lr,
+            self.adaptation_steps, self.first_order, self.loss, self.task == "classification")
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, outputs) output of a clone adapted on the support set; the meta-parameters

@@ -1,0 +1,187 @@
+"""Meta-training speed: learn2learn's own loop against meta-cli's engine, in one process.
+
+For each setting, on the same episodes and the same initial weights:
+  reference  the loop of learn2learn's examples/vision/maml_omniglot.py (clone, adapt per task,
+             query loss backward, gradients scaled by 1/meta-batch, Adam), on pre-drawn episodes;
+  meta-cli   Trainer.meta_step (episodes sampled on the fly from the tensor on the device), with
+             algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only).
+Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup) and the
+ratio to the reference, plus the share of a meta-step spent sampling episodes.
+
+  .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from meta_cli._l2l import l2l
+from meta_cli.algorithms.maml import MAML
+from meta_cli.algorithms.protonet import ProtoNet
+from meta_cli.data.base import Episode, TaskSource, episode_rng
+from meta_cli.data.omniglot import Omniglot
+from meta_cli.loop import Trainer, TrainSettings
+from meta_cli.models.conv4 import Conv4
+
+DATA = Path(os.environ.get("META_CLI_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+SETTINGS = {  # name: (algorithm, ways, shots, query, inner steps, fast lr, meta-batch, backbone)
+    "5w1s": ("maml", 5, 1, 1, 1, 0.4, 32, "conv4"),
+    "20w1s": ("maml", 20, 1, 1, 5, 0.1, 16, "conv4"),
+    "proto60": ("protonet", 60, 5, 5, 0, 0.0, 1, "conv4_pool"),
+    "mini": ("maml", 5, 1, 1, 5, 0.01, 4, "cnn4"),  # 84x84x3 random tensors, 32 filters
+}
+
+
+class RandomImages(TaskSource):
+    """mini-ImageNet-shaped episodes of random pixels: for timing only."""
+
+    task = "classification"
+    input_shape = (3, 84, 84)
+
+    def __init__(self, ways: int, shots: int, query: int) -> None:
+        self.ways, self.shots, self.query = ways, shots, query
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> "RandomImages":
+        self.device = device
+        return self
+
+    def episode(self, split, index, seed, ways, shots, query) -> Episode:
+        g = torch.Generator().manual_seed(int(episode_rng(seed, split, index).integers(2**31)))
+        s = torch.rand(ways * shots, *self.input_shape, generator=g)
+        q = torch.rand(ways * query, *self.input_shape, generator=g)
+        labels = lambda n: torch.arange(ways).repeat_interleave(n)  # noqa: E731
+        return Episode(s, labels(shots), q, labels(query)).to(self.device)
+
+
+def make(setting: str, backend: str, device: torch.device):
+    algorithm, ways, shots, query, steps, lr, batch, backbone = SETTINGS[setting]
+    if backbone == "cnn4":
+        source: TaskSource = RandomImages(ways, shots, query)
+        net = Conv4(input_shape=source.input_shape, hidden=32, max_pool=True)
+    else:
+        source = Omniglot(root=str(DATA), ways=ways, shots=shots, query=query, download=False)
+        net = Conv4(input_shape=source.input_shape, hidden=64, max_pool=backbone == "conv4_pool")
+    torch.manual_seed(0)  # the same initial weights for every contender
+    if algorithm == "maml":
+        model = MAML(net, "classification", ways, fast_lr=lr, adaptation_steps=steps, backend=backend)
+    else:
+        model = ProtoNet(net, "classification", ways)
+    return source.to(device), model.to(device), batch
+
+
+def reference_step(maml: l2l.algorithms.MAML, optimizer, episodes: list[Episode], steps: int) -> None:
+    """learn2learn's examples/vision/maml_omniglot.py, one meta-step."""
+    loss = nn.CrossEntropyLoss()
+    optimizer.zero_grad()
+    for e in episodes:
+        learner = maml.clone()
+        for _ in range(steps):
+            learner.adapt(loss(learner(e.support), e.support_labels))
+        loss(learner(e.query), e.query_labels).backward()
+    for p in maml.parameters():
+        p.grad.data.mul_(1.0 / len(episodes))
+    optimizer.step()
+
+
+def protonet_reference_step(model: nn.Module, optimizer, episode: Episode, ways: int, shots: int) -> None:
+    """learn2learn's examples/vision/protonet_miniimagenet.py fast_adapt, one step."""
+    optimizer.zero_grad()
+    embeddings = model(torch.cat([episode.support, episode.query]))
+    support = embeddings[: ways * shots].reshape(ways, shots, -1).mean(dim=1)
+    query = embeddings[ways * shots:]
+    logits = -((query.unsqueeze(1) - support.unsqueeze(0)) ** 2).sum(dim=2)
+    nn.functional.cross_entropy(logits, episode.query_labels).backward()
+    optimizer.step()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, n: int, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median seconds per meta-step."""
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    times = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        for i in range(n):
+            step(warmup + r * n + i)
+        sync(device)
+        times.append((time.perf_counter() - start) / n)
+    return statistics.median(times)
+
+
+def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
+    algorithm, ways, shots, query, steps, lr, batch, _ = SETTINGS[setting]
+    source, model, batch = make(setting, "l2l", device)
+    # Reference, on the episodes the engine draws, pre-drawn (its data loading is not timed).
+    total = args.warmup + args.repeats * args.steps
+    drawn = [[source.episode("train", i * batch + t, 0, ways, shots, query) for t in range(batch)]
+             for i in range(total)]
+    reference = copy.deepcopy(model)
+    if algorithm == "maml":
+        ref_maml = l2l.algorithms.MAML(reference.maml.module, lr=lr, first_order=False)
+        ref_opt = torch.optim.Adam(ref_maml.parameters(), lr=0.003)
+        ref_step = lambda i: reference_step(ref_maml, ref_opt, drawn[i], steps)  # noqa: E731
+    else:
+        ref_opt = torch.optim.Adam(reference.parameters(), lr=0.001)
+        ref_step = lambda i: protonet_reference_step(reference.backbone, ref_opt, drawn[i][0], ways, shots)  # noqa: E731
+    results = [("reference (learn2learn loop)", timed(ref_step, args.steps, args.warmup, args.repeats, device))]
+
+    settings = TrainSettings(meta_batch_size=batch, meta_lr=0.003, progress=False)
+    backends = ["l2l", "vmap"] if algorithm == "maml" else ["l2l"]
+    for backend in backends:
+        _, engine_model, _ = make(setting, backend, device)
+        trainer = Trainer(engine_model, source, settings, Path("."), seed=0, saved={})
+        results.append((f"meta-cli backend={backend}",
+                        timed(lambda i: trainer.meta_step(i + 1), args.steps, args.warmup, args.repeats, device)))
+    sampling = timed(lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)
+                                for t in range(batch)], args.steps, args.warmup, args.repeats, device)
+    results.append(("episode sampling alone", sampling))
+    return results, batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--steps", type=int, default=5, help="meta-steps per timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
+    print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps\n")
+    print("| setting | contender | tasks/s | ratio to reference |")
+    print("|---|---|---|---|")
+    for setting in args.settings.split(","):
+        results, batch = bench(setting, device, args)
+        reference = results[0][1]
+        for contender, seconds in results:
+            if contender == "episode sampling alone":
+                engine = results[1][1]
+                print(f"| {setting} | {contender} | {batch / seconds:,.0f} | "
+                      f"{100 * seconds / engine:.1f} % of a meta-cli step |")
+            else:
+                print(f"| {setting} | {contender} | {batch / seconds:,.1f} | {reference / seconds:.2f}x |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
