@@ -88,8 +88,10 @@ class Trainer:
         """One outer step; episodes are numbered so that each (seed, iteration) is fixed."""
         batch = self.settings.meta_batch_size
         ways = self.settings.ways or self.source.ways
-        episodes = (self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
-                                        self.source.shots, self.source.query) for t in range(batch))
+        # Drawn before the first forward: sampling between one task's backward and the next
+        # task's forward measured ~3 % slower (docs/benchmarks.md).
+        episodes = [self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
+                                        self.source.shots, self.source.query) for t in range(batch)]
         self.optimizer.zero_grad(set_to_none=True)
         if getattr(self.algorithm, "backend", "l2l") == "vmap":
             # The whole meta-batch in one vectorised pass, one backward.
