@@ -70,26 +70,26 @@ class MetricsLog:
         self._file.close()
 
 
-def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+
+
+def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
+    """A whole CSV file, written atomically; keys outside `columns` are ignored."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=ACCURACY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in ACCURACY_COLUMNS})
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
     write_atomic(path, text.getvalue().encode())
 
 
-EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_csv(path, ACCURACY_COLUMNS, rows)
 
 
 def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """One row per meta-test episode (episode = its index from eval.seed)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EPISODE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in EPISODE_COLUMNS})
-    write_atomic(path, text.getvalue().encode())
+    write_csv(path, EPISODE_COLUMNS, rows)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -7,8 +7,6 @@ checked by `precheck` before Hydra creates the run dir.
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from meta_cli.atomic import write_atomic
 from meta_cli.build import instantiate, plain
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
+from meta_cli.outputs import write_csv
 from meta_cli.predict import Learner, restore
 from meta_cli.validation import check_keys, check_node
 
@@ -133,11 +131,7 @@ def format_rows(rows: list[dict[str, str]]) -> str:
 def predict_images(cfg: DictConfig) -> int:
     """Returns the number of labelled query images."""
     rows = rows_of(prepare(cfg))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(run_dir() / "predictions.csv", text.getvalue().encode())
+    write_csv(run_dir() / "predictions.csv", COLUMNS, rows)
     print(format_rows(rows), flush=True)
     return len(rows)
 
