@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
+from meta_cli import allocator
 from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
 
@@ -48,6 +49,7 @@ def guarded(work: Callable[[], T]) -> T | None:
     line and returns None (the Optuna sweeper records that as a failed trial; NaN would crash
     it); the CLI reports the failure through its exit code once every job has run.
     """
+    allocator.tune()  # here, so that launcher worker processes get it too
     hydra = HydraConfig.get()
     out = run_dir()
     status: dict[str, Any] = {

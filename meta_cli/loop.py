@@ -26,7 +26,8 @@ from meta_cli.stopping import StopRequest
 
 @dataclass
 class TrainSettings:
-    """`train.*`. One iteration = one Adam step on the mean query loss of a meta-batch."""
+    """`train.*`. One iteration = one Adam step on the mean query loss of a meta-batch
+    (the algorithm may choose another outer optimizer: Reptile's is SGD)."""
 
     iterations: Annotated[int, Ge(1)] = 1000
     meta_batch_size: Annotated[int, Ge(1)] = 16
@@ -46,6 +47,10 @@ class TrainSettings:
     keep_checkpoints: Annotated[int, Ge(1)] = 3
     #: Clip the meta-gradient to this total norm; None: no clipping.
     clip_grad_norm: Annotated[float, Gt(0)] | None = None
+    #: fp32, or bf16: meta-training forward passes under torch.autocast(bfloat16) (~1.7x
+    #: faster convolutions on CPUs with AMX/AVX512-BF16, and on GPUs). Adam, the weights and
+    #: validation/meta-testing stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
     progress: bool = True
 
 
@@ -59,10 +64,11 @@ class Trainer:
         self.saved = saved  # config, splits, preprocessing: stored in every checkpoint
         self.make_logger = make_logger  # called with the first iteration to come
         self.checkpoints = run_dir / "checkpoints"
-        self.optimizer = torch.optim.Adam(algorithm.parameters(), lr=settings.meta_lr)
+        self.optimizer = algorithm.meta_optimizer(settings.meta_lr)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.iterations)
                           if settings.lr_schedule == "cosine" else None)
         self.classification = source.task == "classification"
+        self._device_type = next(algorithm.parameters()).device.type
         self.best: dict[str, Any] = {"iteration": None, "value": None,
                                      "metric": "val_accuracy" if self.classification else "val_loss"}
         # Everything below is part of a checkpoint, so that a resumed run continues exactly.
@@ -93,6 +99,17 @@ class Trainer:
         episodes = [self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
                                         self.source.shots, self.source.query) for t in range(batch)]
         self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            mean_loss, mean_accuracy = self._forward_backward(episodes, iteration)
+        self._check_gradient(iteration)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return mean_loss, mean_accuracy
+
+    def _forward_backward(self, episodes: list, iteration: int) -> tuple[float, float | None]:
+        """Accumulates the meta-gradient of the mean query loss; returns the mean loss and accuracy."""
+        batch = len(episodes)
         if getattr(self.algorithm, "backend", "l2l") == "vmap":
             # The whole meta-batch in one vectorised pass, one backward.
             loss, accuracy = self.algorithm.meta_batch_loss(list(episodes))
@@ -102,18 +119,14 @@ class Trainer:
         else:
             losses, accuracies = [], []
             for episode in episodes:
-                loss, accuracy = self.algorithm.episode_loss(episode, training=True)
-                (loss / batch).backward()  # the mean query loss; each task's graph freed at once
+                objective, loss, accuracy = self.algorithm.meta_objective(episode)
+                (objective / batch).backward()  # the mean over tasks; each task's graph freed at once
                 losses.append(loss.detach())
                 if accuracy is not None:
                     accuracies.append(accuracy.detach())
             mean_loss = torch.stack(losses).mean().item()
             self._check_loss(mean_loss, iteration)
             mean_accuracy = torch.stack(accuracies).mean().item() if accuracies else None
-        self._check_gradient(iteration)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         return mean_loss, mean_accuracy
 
     @staticmethod

@@ -58,6 +58,17 @@ class Algorithm(nn.Module, abc.ABC):
         output = self.query_logits(episode, training)
         return self.loss(output, episode.query_labels), self.accuracy(output, episode.query_labels)
 
+    def meta_objective(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Meta-training on one episode: (objective whose gradient is this task's share of the
+        meta-gradient, query loss to report, query accuracy to report). For gradient-based
+        meta-learners the objective is the query loss itself; Reptile's is not."""
+        loss, accuracy = self.episode_loss(episode, training=True)
+        return loss, loss, accuracy
+
+    def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
+        """The outer optimizer: Adam on every meta-parameter (learn2learn's examples)."""
+        return torch.optim.Adam(self.parameters(), lr=meta_lr)
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
             return F.cross_entropy(output, target)

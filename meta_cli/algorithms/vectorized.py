@@ -48,6 +48,10 @@ class PrimitiveBatchNorm2d(nn.Module):
 def functional_twin(model: nn.Module, primitive_norm: bool = True) -> nn.Module:
     """A copy of `model` to run with functional_call; its own weights are never used."""
     twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if getattr(module, "channels_last", False):
+            # Under vmap the layout change buys nothing (measured) and the batched tensor is 5-D.
+            module.channels_last = False
     if primitive_norm:
         for parent in twin.modules():
             for name, child in parent.named_children():
