@@ -51,8 +51,7 @@ class MAML(Algorithm):
         if task == "classification":  # learn2learn's OmniglotCNN head initialisation
             head.weight.data.normal_()
             head.bias.data.zero_()
-        self.maml = l2l.algorithms.MAML(nn.Sequential(backbone, head), lr=fast_lr,
-                                        first_order=first_order)
+        self.maml = self.wrap(nn.Sequential(backbone, head), fast_lr, first_order)
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = test_adaptation_steps
         self.first_order = first_order
@@ -61,6 +60,10 @@ class MAML(Algorithm):
         self.backend = backend
         # Not a registered submodule: checkpoints hold the model once, whatever the backend.
         object.__setattr__(self, "_twin", vectorized.functional_twin(self.maml.module) if backend == "vmap" else None)
+
+    def wrap(self, model: nn.Module, fast_lr: float, first_order: bool) -> nn.Module:
+        """learn2learn's learner with clone() and adapt(loss, first_order)."""
+        return l2l.algorithms.MAML(model, lr=fast_lr, first_order=first_order)
 
     def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """backend=vmap: mean query loss and accuracy of a meta-batch, one vectorised pass."""

@@ -1,0 +1,73 @@
+"""Reptile (Nichol et al., 2018): move the initialisation towards task-adapted weights."""
+from __future__ import annotations
+
+import copy
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.data.base import Episode
+from meta_cli.params import Ge, Gt
+
+
+class Reptile(Algorithm):
+    """Inner loop: `inner_steps` SGD steps from the meta-weights theta on all of a task's
+    labelled images (support and query together, Reptile's "train shots"), giving phi.
+    Outer step: theta <- theta + meta_step_size * mean over tasks of (phi - theta).
+
+    The outer step is plain SGD of learning rate `meta_step_size` on the gradient
+    (theta - phi), so train.meta_lr does not apply; train.lr_schedule=cosine anneals the meta
+    step size towards 0 as Nichol et al. anneal it linearly. At test time the same inner loop
+    adapts on the support set only (`test_inner_steps` steps).
+    """
+
+    fixed_ways = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: Task,
+        outputs: int,
+        inner_lr: Annotated[float, Gt(0)] = 0.05,
+        inner_steps: Annotated[int, Ge(1)] = 5,
+        test_inner_steps: Annotated[int, Ge(0)] = 10,
+        meta_step_size: Annotated[float, Gt(0)] = 1.0,
+    ) -> None:
+        super().__init__(backbone, task, outputs)
+        self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, outputs))
+        self.inner_lr, self.inner_steps, self.test_inner_steps = inner_lr, inner_steps, test_inner_steps
+        self.meta_step_size = meta_step_size
+
+    def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.meta_step_size)
+
+    def adapted(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int) -> nn.Module:
+        """A copy of the model after `steps` full-batch SGD steps on (inputs, labels); the
+        meta-weights are untouched."""
+        learner = copy.deepcopy(self.model)
+        optimizer = torch.optim.SGD(learner.parameters(), lr=self.inner_lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                self.loss(learner(inputs), labels).backward()
+                optimizer.step()
+        return learner
+
+    def meta_objective(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Objective 1/2 * ||theta - phi||^2, whose gradient is (theta - phi); the reported
+        loss and accuracy are the adapted weights' on the query images (seen in adaptation)."""
+        inputs = torch.cat([episode.support, episode.query])
+        labels = torch.cat([episode.support_labels, episode.query_labels])
+        learner = self.adapted(inputs, labels, self.inner_steps)
+        objective = sum(0.5 * (theta - phi.detach()).pow(2).sum()
+                        for theta, phi in zip(self.model.parameters(), learner.parameters()))
+        with torch.no_grad():
+            output = learner(episode.query)
+        return objective, self.loss(output, episode.query_labels), self.accuracy(output, episode.query_labels)
+
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        learner = self.adapted(episode.support, episode.support_labels,
+                               self.inner_steps if training else self.test_inner_steps)
+        return learner(episode.query)
