@@ -150,8 +150,13 @@ class Trainer:
                             f"are intact: lower train.meta_lr or set train.clip_grad_norm.")
 
     def validate(self, iteration: int, elapsed: float) -> None:
-        result = evaluate(self.algorithm, self.source, "val", self.settings.val_episodes,
-                          self.seed, self.source.ways, self.source.shots, self.source.query)
+        # As meta-testing: dropout off, running statistics (resnet12, wrn28) used, not updated.
+        self.algorithm.eval()
+        try:
+            result = evaluate(self.algorithm, self.source, "val", self.settings.val_episodes,
+                              self.seed, self.source.ways, self.source.shots, self.source.query)
+        finally:
+            self.algorithm.train()
         if not math.isfinite(result.loss):
             raise UserError(f"the val loss is {result.loss} at iteration {iteration} (split val); "
                             f"the last good checkpoint is kept: lower train.meta_lr.")

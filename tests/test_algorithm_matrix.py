@@ -64,3 +64,11 @@ def test_classification_only_algorithms_refuse_regression(cli, algorithm):
 def test_metasgd_refuses_the_vmap_backend(cli):
     result = cli("train", "algorithm=metasgd", "algorithm.backend=vmap", *TINY)
     assert result.returncode != 0 and "algorithm.backend" in result.stderr and "l2l" in result.stderr
+
+
+@pytest.mark.parametrize("backbone, advice", [("resnet12", "does not support dropout"),
+                                              ("wrn28", "backbone.running_stats=false")])
+def test_vmap_refuses_running_statistics_in_one_line(cli, backbone, advice):
+    result = cli("train", "algorithm=maml", "algorithm.backend=vmap", f"backbone={backbone}", *TINY)
+    assert result.returncode == 1 and advice in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -16,14 +16,9 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
                     "-q", "-w", str(wheels), str(REPO)], check=True, capture_output=True)
     (wheel,) = wheels.glob("meta_cli-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for config in ("train.yaml", "eval.yaml", "algorithm/maml.yaml", "algorithm/protonet.yaml",
-                   "dataset/omniglot.yaml", "dataset/sinusoid.yaml", "backbone/conv4.yaml",
-                   "backbone/conv4_pool.yaml", "backbone/mlp.yaml", "device/auto.yaml",
-                   "device/cpu.yaml", "device/cuda.yaml", "tuned/maml_sinusoid.yaml",
-                   "tuned/protonet_omniglot.yaml", "tuned/maml_omniglot.yaml", "predict.yaml",
-                   "hydra/launcher/joblib.yaml", "hydra/launcher/submitit_slurm.yaml",
-                   "hydra/launcher/submitit_local.yaml", "hydra/launcher/ray.yaml",
-                   "hparams_search/optuna.yaml", "logger/csv.yaml", "logger/tensorboard.yaml"):
+    configs = sorted(p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml"))
+    assert len(configs) > 40 and "experiment/maml_omniglot_5w1s.yaml" in configs
+    for config in configs:  # every preset of the repo ships, new config groups included
         assert f"meta_cli/conf/{config}" in names, config
 
     target = tmp_path / "site"
@@ -34,7 +29,7 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run(
         [sys.executable, "-c", "import meta_cli.cli, sys; print(meta_cli.cli.__file__); "
-         "sys.argv = ['meta-cli', 'train', 'algorithm=protonet', '--cfg', 'job']; meta_cli.cli.main()"],
+         "sys.argv = ['meta-cli', 'train', '+experiment=protonet_omniglot_5w1s', '--cfg', 'job']; meta_cli.cli.main()"],
         cwd=elsewhere, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the repo

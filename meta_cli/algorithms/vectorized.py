@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from meta_cli.data.base import Episode
+from meta_cli.errors import UserError
 
 
 class PrimitiveBatchNorm2d(nn.Module):
@@ -47,6 +48,11 @@ class PrimitiveBatchNorm2d(nn.Module):
 
 def functional_twin(model: nn.Module, primitive_norm: bool = True) -> nn.Module:
     """A copy of `model` to run with functional_call; its own weights are never used."""
+    dropout = [name for name, m in model.named_modules()
+               if (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or getattr(m, "drop_rate", 0) > 0]
+    if dropout:  # random ops under vmap need per-task randomness it cannot give DropBlock
+        raise UserError(f"algorithm.backend=vmap does not support dropout (module {dropout[0]}); set the "
+                        f"backbone's dropout options to 0 or use algorithm.backend=l2l.")
     twin = copy.deepcopy(model)
     for module in twin.modules():
         if getattr(module, "channels_last", False):
@@ -57,7 +63,8 @@ def functional_twin(model: nn.Module, primitive_norm: bool = True) -> nn.Module:
             for name, child in parent.named_children():
                 if isinstance(child, nn.BatchNorm2d):
                     if child.track_running_stats:
-                        raise ValueError("the vmap backend needs batch norm without running statistics")
+                        raise UserError("algorithm.backend=vmap needs batch norm without running statistics: "
+                                        "set backbone.running_stats=false (resnet12, wrn28) or use algorithm.backend=l2l.")
                     setattr(parent, name, PrimitiveBatchNorm2d(child))
     return twin
 

@@ -37,9 +37,13 @@ class Conv4(nn.Module):
                  channels_last: bool = True) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise UserError(f"backbone conv4 needs images (C, H, W); this dataset gives inputs "
+            raise UserError(f"this Conv-4 backbone needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")
         channels, height, width = input_shape
+        if max_pool and min(height, width) < 2**layers:
+            raise UserError(f"backbone.max_pool=true needs images of at least {2**layers}x{2**layers} "
+                            f"({layers} 2x2 max-pools); this dataset gives {height}x{width}. Use "
+                            f"backbone=conv4 or fewer backbone.layers.")
         self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
                                                max_pool=max_pool, layers=layers)
         _batch_statistics_only(self.base)
