@@ -49,9 +49,23 @@ class TrainSettings:
     clip_grad_norm: Annotated[float, Gt(0)] | None = None
     #: fp32, or bf16: meta-training forward passes under torch.autocast(bfloat16) (~1.7x
     #: faster convolutions on CPUs with AMX/AVX512-BF16, and on GPUs). Adam, the weights and
-    #: validation/meta-testing stay float32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: validation/meta-testing stay float32. auto: bf16 where the device computes it natively,
+    #: else fp32 (emulated bf16 would be slower).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     progress: bool = True
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether `device_type` has bfloat16 arithmetic in hardware (CUDA compute capability 8+,
+    or an x86 CPU with AVX512-BF16/AMX, which oneDNN reports)."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 class Trainer:
@@ -69,6 +83,7 @@ class Trainer:
                           if settings.lr_schedule == "cosine" else None)
         self.classification = source.task == "classification"
         self._device_type = next(algorithm.parameters()).device.type
+        self._bf16 = settings.precision == "bf16" or (settings.precision == "auto" and native_bf16(self._device_type))
         self.best: dict[str, Any] = {"iteration": None, "value": None,
                                      "metric": "val_accuracy" if self.classification else "val_loss"}
         # Everything below is part of a checkpoint, so that a resumed run continues exactly.
@@ -99,7 +114,7 @@ class Trainer:
         episodes = [self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
                                         self.source.shots, self.source.query) for t in range(batch)]
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+        with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self._bf16):
             mean_loss, mean_accuracy = self._forward_backward(episodes, iteration)
         self._check_gradient(iteration)
         self.optimizer.step()

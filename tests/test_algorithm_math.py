@@ -145,3 +145,15 @@ def test_metaoptnet_svm_matches_an_independent_qp_solver():
     cp.Problem(objective, [alpha <= 0.1 * onehot, cp.sum(alpha, axis=1) == 0]).solve()
     expected = query.double().numpy() @ X.T @ alpha.value
     assert np.allclose(logits.detach().double().numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("algorithm", [MetaOptNet, MatchingNet])
+def test_metric_heads_run_in_float32_under_bf16_autocast(algorithm):
+    """train.precision=bf16: the embedding may be bf16, the head (qpth's LU has no bf16 kernel) not."""
+    torch.manual_seed(0)
+    algo = algorithm(Identity(4), "classification", 2)
+    episode = Episode(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]), torch.randn(3, 4), torch.tensor([0, 1, 1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = algo.query_logits(episode, training=True)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, algo.query_logits(episode, training=True), atol=1e-5)

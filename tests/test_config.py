@@ -13,7 +13,14 @@ COMBINATIONS = [
     ["backbone=conv4"], ["backbone=conv4_pool"], ["algorithm=protonet", "backbone=conv4_pool"],
     ["dataset=sinusoid"], ["dataset=sinusoid", "backbone=mlp"],
     ["device=auto"], ["device=cpu"],
+    *[[f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile", "metaoptnet", "matchingnet")],
+    *[["dataset=sinusoid", f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile")],
+    ["backbone=cnn4"], ["algorithm=protonet", "backbone=resnet12"], ["algorithm=protonet", "backbone=wrn28"],
 ]
+DATASETS_WITHOUT_FILES = ["mini_imagenet", "tiered_imagenet", "cifarfs", "fc100", "image_folder"]
+EXPERIMENTS = ["maml_omniglot_5w1s", "maml_omniglot_20w1s", "protonet_omniglot_5w1s",
+               "maml_miniimagenet_5w1s", "maml_miniimagenet_5w5s", "protonet_miniimagenet_5w5s",
+               "anil_fc100_5w5s", "metaoptnet_cifarfs_5w5s"]
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +71,27 @@ def test_eval_config_composes():
     cfg = _compose(["checkpoint=x.pt", "eval.ways=[5,10]"], name="eval")
     with pytest.raises(UserError, match="does not exist"):
         eval_app.prepare(cfg)
+
+
+@pytest.mark.parametrize("dataset", DATASETS_WITHOUT_FILES)
+def test_dataset_option_composes(dataset):
+    """Building needs their files (tests/test_datasets.py writes small ones); composing does not."""
+    cfg = _compose([f"dataset={dataset}"])
+    assert cfg.dataset._target_.startswith("meta_cli.data.")
+    assert cfg.backbone.max_pool is True  # cnn4 / conv4_pool: their images are not 28x28 strokes
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_preset_composes_and_the_command_line_wins(name):
+    cfg = _compose([f"+experiment={name}"])
+    algorithm, dataset = name.split("_")[:2]
+    module = {"omniglot": "omniglot", "miniimagenet": "mini_imagenet", "fc100": "fc100", "cifarfs": "cifarfs"}
+    assert cfg.algorithm._target_.split(".")[2] == algorithm
+    assert cfg.dataset._target_.split(".")[2] == module[dataset]
+    assert _compose([f"+experiment={name}", "train.iterations=7"]).train.iterations == 7
+
+
+def test_omniglot_presets_build_on_the_minimal_files():
+    for name in ("maml_omniglot_5w1s", "maml_omniglot_20w1s", "protonet_omniglot_5w1s"):
+        run, settings, _ = build_train(_compose([f"+experiment={name}", "dataset.variant=minimal"]))
+        assert settings.iterations >= 20000 and run.source.flips is False

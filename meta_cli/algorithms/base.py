@@ -14,6 +14,12 @@ from meta_cli.errors import UserError
 Task = Literal["classification", "regression"]
 
 
+def full_precision(embeddings: torch.Tensor) -> torch.autocast:
+    """Turns train.precision=bf16 autocast off for a metric head: distances, attention and the
+    SVM's QP (whose LU has no bfloat16 kernel) run in float32 on float32 embeddings."""
+    return torch.autocast(embeddings.device.type, enabled=False)
+
+
 class Algorithm(nn.Module, abc.ABC):
     """A meta-learner whose parameters are the meta-parameters (what Adam updates).
 

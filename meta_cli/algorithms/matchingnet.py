@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.params import Gt
 
@@ -42,4 +42,5 @@ class MatchingNet(Algorithm):
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         support, query = embeddings.split([len(episode.support), len(episode.query)])
         ways = int(episode.support_labels.max()) + 1
-        return matching_log_probs(support, episode.support_labels, query, ways, self.scale)
+        with full_precision(support):
+            return matching_log_probs(support, episode.support_labels, query, ways, self.scale)

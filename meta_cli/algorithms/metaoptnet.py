@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
-from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.params import Ge, Gt
 
@@ -39,6 +39,7 @@ class MetaOptNet(Algorithm):
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         support, query = embeddings.split([len(episode.support), len(episode.query)])
         ways = int(episode.support_labels.max()) + 1
-        svm = l2l.nn.SVClassifier(support=support, labels=episode.support_labels, ways=ways,
-                                  normalize=self.normalize, C_reg=self.C_reg, max_iters=self.max_iters)
-        return self.scale * svm(query)
+        with full_precision(support):
+            svm = l2l.nn.SVClassifier(support=support, labels=episode.support_labels, ways=ways,
+                                      normalize=self.normalize, C_reg=self.C_reg, max_iters=self.max_iters)
+            return self.scale * svm(query)

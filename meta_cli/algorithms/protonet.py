@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
-from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 
 
@@ -25,5 +25,6 @@ class ProtoNet(Algorithm):
         # One forward pass, as in learn2learn's ProtoNet example: batch norm sees both sets.
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         support, query = embeddings.split([len(episode.support), len(episode.query)])
-        classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
-        return classifier(query)
+        with full_precision(support):
+            classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
+            return classifier(query)
