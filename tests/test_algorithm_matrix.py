@@ -23,15 +23,15 @@ def _sweep(tmp_path: Path) -> Path:
     return sweep
 
 
-def test_every_classifier_on_both_conv4s(cli, tmp_path):
-    result = cli("train", "-m", f"algorithm={','.join(CLASSIFIERS)}", "backbone=conv4,conv4_pool",
+def test_every_classifier_trains_and_evaluates(cli, tmp_path):
+    """On conv4_pool, which every classifier takes (tests/test_backbones.py runs the others)."""
+    result = cli("train", "-m", f"algorithm={','.join(CLASSIFIERS)}", "backbone=conv4_pool",
                  "backbone.hidden=8", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = _rows(_sweep(tmp_path) / "summary.csv")
-    assert len(summary) == 2 * len(CLASSIFIERS) and {r["status"] for r in summary} == {"ok"}
+    assert len(summary) == len(CLASSIFIERS) and {r["status"] for r in summary} == {"ok"}
     jobs = [p for p in _sweep(tmp_path).iterdir() if (p / "accuracy.csv").is_file()]
-    seen = {(_rows(j / "accuracy.csv")[0]["algorithm"], _rows(j / "accuracy.csv")[0]["backbone"]) for j in jobs}
-    assert seen == {(a, b) for a in CLASSIFIERS for b in ("conv4", "conv4_pool")}
+    assert sorted(_rows(j / "accuracy.csv")[0]["algorithm"] for j in jobs) == sorted(CLASSIFIERS)
     for job in jobs:
         assert (job / "checkpoints" / "best.pt").is_file() and (job / "metrics.csv").is_file()
 
