@@ -6,8 +6,8 @@ from and a decoder. Each part is decoded once into images (N, C, H, W) uint8, so
 class, and cached under META_CLI_CACHE (default ~/.cache/meta-cli), keyed by the files'
 paths, sizes and mtimes and the preprocessing: data folders are often shared or read-only,
 so nothing is written beside them (as Omniglot's cache). At a split's first episode its
-part moves to the training device as float, scaled to 0..1 and normalised per channel,
-and `ClassSampler` indexes it.
+part moves to the training device as uint8, and `ClassSampler` indexes it; the images of
+each episode are scaled to 0..1 and normalised per channel as they are drawn.
 """
 from __future__ import annotations
 
@@ -188,15 +188,19 @@ class ImageTensorSource(TaskSource):
         return self
 
     def _part_pixels(self, part: str) -> torch.Tensor:
-        """Part `part` on the device, (N, C, H, W) float: 0..1, then (x - mean) / std."""
+        """Part `part` on the device, (N, C, H, W) uint8 as decoded."""
         if part not in self._pixels:
-            pixels = self.caches[part].images().to(self.device).float().div_(255)
-            if self.mean is not None:
-                shape = (1, -1, 1, 1)
-                pixels.sub_(torch.tensor(self.mean, device=self.device).view(shape))
-                pixels.div_(torch.tensor(self.std, device=self.device).view(shape))
-            self._pixels[part] = pixels
+            self._pixels[part] = self.caches[part].images().to(self.device)
         return self._pixels[part]
+
+    def _to_float(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The images of one episode: uint8 -> float 0..1, then (x - mean) / std."""
+        x = pixels.float().div_(255)
+        if self.mean is not None:
+            shape = (1, -1, 1, 1)
+            x.sub_(torch.tensor(self.mean, device=x.device).view(shape))
+            x.div_(torch.tensor(self.std, device=x.device).view(shape))
+        return x
 
     def _sampler(self, split: Split) -> ClassSampler:
         if split not in self._samplers:
@@ -210,7 +214,7 @@ class ImageTensorSource(TaskSource):
                 groups.update((c, np.arange(a, b)) for c, a, b in zip(ids, starts[:-1], starts[1:]))
                 offset += len(tensors[-1])
             images = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-            self._samplers[split] = ClassSampler(images, [groups[c] for c in classes])
+            self._samplers[split] = ClassSampler(images, [groups[c] for c in classes], convert=self._to_float)
         return self._samplers[split]
 
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
