@@ -132,7 +132,7 @@ def test_metaoptnet_svm_matches_an_independent_qp_solver():
     support = torch.randn(ways * shots, dim)
     labels = torch.arange(ways).repeat_interleave(shots)
     query = torch.randn(5, dim)
-    algo = MetaOptNet(Identity(dim), "classification", ways, C_reg=0.1, max_iters=50)
+    algo = MetaOptNet(Identity(dim), "classification", ways, C_reg=0.1, max_iters=50, scale=1.0)
     logits = algo.query_logits(Episode(support, labels, query, torch.zeros(5, dtype=torch.long)))
 
     # Lee et al. (2019), eq. 4-5: maximise -1/2 sum_k ||sum_i alpha_i^k x_i||^2 + sum_i alpha_i^{y_i}

@@ -27,7 +27,7 @@ class MetaOptNet(Algorithm):
         C_reg: Annotated[float, Gt(0)] = 0.1,
         max_iters: Annotated[int, Ge(1)] = 15,
         normalize: bool = False,
-        scale: Annotated[float, Gt(0)] = 1.0,
+        scale: Annotated[float, Gt(0)] = 10.0,
     ) -> None:
         super().__init__(backbone, task, outputs)
         self.backbone = backbone
