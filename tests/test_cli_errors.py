@@ -20,7 +20,7 @@ BAD_TRAIN_INPUTS = [
     (["dataset.ways=48"], ["eval.ways=48", "47 classes", "test split"]),
     (["dataset.query=20"], ["shots + query = 21", "20 images"]),
     (["dataset.variant=huge"], ["dataset.variant", "minimal, full"]),
-    (["algorithm=mamll"], ["algorithm 'mamll'", "maml, protonet"]),
+    (["algorithm=mamll"], ["algorithm 'mamll'", "fomaml, maml, matchingnet"]),
     (["backbone=resnet"], ["backbone 'resnet'", "conv4", "mlp"]),
     (["device=cuda"], ["device=cuda", "device=cpu"]),
     (["seed=-1"], ["seed", ">= 0"]),

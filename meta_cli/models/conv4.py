@@ -37,7 +37,7 @@ class Conv4(nn.Module):
                  channels_last: bool = True) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise UserError(f"this Conv-4 backbone needs images (C, H, W); this dataset gives inputs "
+            raise UserError(f"backbone conv4/conv4_pool/cnn4 needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")
         channels, height, width = input_shape
         if max_pool and min(height, width) < 2**layers:
