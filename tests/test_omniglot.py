@@ -13,6 +13,7 @@ from PIL import Image
 
 from meta_cli.data import omniglot_files
 from meta_cli.data.omniglot import Omniglot
+from meta_cli.data.sampler import Affine, random_affine
 from meta_cli.errors import UserError
 
 
@@ -199,3 +200,29 @@ def test_flips_add_mirrored_classes(data_root):
     # class 8 + 5 = base 1, variant 5: mirrored, then turned by 90 degrees
     assert torch.equal(sampler._transform(base, 5), torch.rot90(base.flip(-1), 1, dims=(-2, -1)))
     assert torch.equal(sampler._transform(base, 0), base)
+
+
+def test_shear_slants_a_vertical_stroke_by_at_most_its_range():
+    image = torch.zeros(1, 1, 28, 28)
+    image[..., 14] = 1.0  # one vertical stroke
+    sheared = random_affine(image, np.random.default_rng(0),
+                            Affine(degrees=0.0, scale=0.0, shift=0.0, shear=0.5))
+    rows = torch.arange(28, dtype=torch.float32)
+    # centre of mass of the stroke, row by row, away from the borders
+    columns = (sheared[0, 0, 4:24] * torch.arange(28.0)).sum(1) / sheared[0, 0, 4:24].sum(1)
+    slope = torch.linalg.lstsq(torch.stack([rows[4:24], torch.ones(20)], 1), columns[:, None]).solution[0]
+    drawn = np.random.default_rng(0)
+    drawn.uniform(size=1), drawn.uniform(size=1), drawn.uniform(size=(2, 1))  # angle, zoom, shifts
+    expected = -drawn.uniform(-0.5, 0.5, 1)[0]  # grid x = x' + shear * y', so the stroke tilts by -shear
+    assert abs(slope.item() - expected) < 0.02 and abs(expected) > 0.05
+
+
+def test_augmentation_ranges_are_config_keys(data_root):
+    data = Omniglot(str(data_root), augment=True, augment_degrees=0, augment_scale=0,
+                    augment_shift=0, augment_shear=0)
+    plain = Omniglot(str(data_root), augment=False)
+    # a zero-range affine is the identity (up to bilinear resampling at the same grid)
+    a, p = (d.episode("train", 3, 1, 5, 1, 1).support for d in (data, plain))
+    assert torch.allclose(a, p, atol=1e-5)
+    assert data.describe()["preprocessing"]["train_affine"] == {
+        "degrees": 0, "scale": 0, "shift": 0, "shear": 0}

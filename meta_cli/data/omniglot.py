@@ -17,6 +17,7 @@ a class of its own (Santoro et al., 2016; Finn et al., 2017), chosen per class.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,7 @@ import torch
 
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
 from meta_cli.data.omniglot_files import IMAGE_SIZE, ensure_zips, list_characters, load_images
-from meta_cli.data.sampler import ClassSampler
+from meta_cli.data.sampler import Affine, ClassSampler
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -82,12 +83,17 @@ class Omniglot(TaskSource):
         rotations: bool = True,
         flips: bool = False,
         augment: bool = False,
+        augment_degrees: Annotated[float, Ge(0)] = 10.0,
+        augment_scale: Annotated[float, Ge(0)] = 0.1,
+        augment_shift: Annotated[float, Ge(0)] = 0.1,
+        augment_shear: Annotated[float, Ge(0)] = 0.0,
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
         self.folder = Path(root).expanduser() / "omniglot"
         self.variant, self.ways, self.shots, self.query = variant, ways, shots, query
         self.rotations, self.flips, self.augment = rotations, flips, augment
+        self.affine = Affine(augment_degrees, augment_scale, augment_shift, augment_shear)
         self.zips = ensure_zips(self.folder, VARIANT_FILES[variant], download)
         counts: dict[str, int] = {}
         for z in self.zips:
@@ -138,7 +144,7 @@ class Omniglot(TaskSource):
                 self._samplers[s] = ClassSampler(pixels, [by_name[c] for c in chars],
                                                  rotations=self.rotations and training,
                                                  flips=self.flips and training,
-                                                 augment=self.augment and training)
+                                                 augment=self.augment and training and self.affine)
         return self._samplers[split]
 
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
@@ -153,5 +159,6 @@ class Omniglot(TaskSource):
                 "invert": True, "scale": "0..1, strokes = 1",
                 "train_rotations": self.rotations, "train_flips": self.flips,
                 "train_augment": self.augment,
+                "train_affine": asdict(self.affine) if self.augment else None,
             },
         }

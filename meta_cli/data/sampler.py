@@ -7,6 +7,7 @@ on the training device, instead of loading sample by sample through a Python dat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,20 +17,35 @@ import torch.nn.functional as F
 from meta_cli.data.base import Episode
 
 
-def random_affine(batch: torch.Tensor, rng: np.random.Generator, degrees: float = 10.0,
-                  scale: float = 0.1, shift: float = 0.1) -> torch.Tensor:
-    """Turn, scale and shift each image of (N, C, H, W) by its own small random amount.
+@dataclass(frozen=True)
+class Affine:
+    """Ranges of the per-image random affine augmentation (see `random_affine`)."""
 
-    Angles are U[-degrees, degrees], scales U[1 - scale, 1 + scale], shifts U[-shift, shift]
-    of the half-width; parameters come from `rng`, so an episode stays a function of its seed.
-    Uncovered pixels are 0: background for images whose strokes are 1.
+    degrees: float = 10.0  #: angles U[-degrees, degrees]
+    scale: float = 0.1     #: zoom U[1 - scale, 1 + scale]
+    shift: float = 0.1     #: shifts U[-shift, shift] of the half-width
+    shear: float = 0.0     #: shear U[-shear, shear] (tan of the angle), along x
+
+
+def random_affine(batch: torch.Tensor, rng: np.random.Generator, affine: Affine = Affine()) -> torch.Tensor:
+    """Turn, scale, shear and shift each image of (N, C, H, W) by its own small random amount.
+
+    Parameters come from `rng`, so an episode stays a function of its seed. Uncovered
+    pixels are 0: background for images whose strokes are 1.
     """
     n = batch.shape[0]
-    angle = np.deg2rad(rng.uniform(-degrees, degrees, n))
-    zoom = rng.uniform(1 - scale, 1 + scale, n)
-    tx, ty = rng.uniform(-shift, shift, (2, n))
+    angle = np.deg2rad(rng.uniform(-affine.degrees, affine.degrees, n))
+    zoom = rng.uniform(1 - affine.scale, 1 + affine.scale, n)
+    tx, ty = rng.uniform(-affine.shift, affine.shift, (2, n))
     cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
-    theta = np.stack([np.stack([cos, -sin, tx], 1), np.stack([sin, cos, ty], 1)], 1)
+    rotation = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)  # (n, 2, 2)
+    if affine.shear:
+        # Drawn only when asked for, so the default draws (and episodes) stay as they were.
+        shear = np.zeros((n, 2, 2))
+        shear[:, 0, 0] = shear[:, 1, 1] = 1.0
+        shear[:, 0, 1] = rng.uniform(-affine.shear, affine.shear, n)
+        rotation = rotation @ shear
+    theta = np.concatenate([rotation, np.stack([tx, ty], 1)[:, :, None]], 2)
     theta_t = torch.as_tensor(theta, dtype=batch.dtype, device=batch.device)
     grid = F.affine_grid(theta_t, list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -45,7 +61,7 @@ class ClassSampler:
     """
 
     def __init__(self, images: torch.Tensor, class_images: list[np.ndarray],
-                 rotations: bool = False, augment: bool = False, flips: bool = False,
+                 rotations: bool = False, augment: Affine | bool = False, flips: bool = False,
                  convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.images = images
         #: Applied to the selected images only: lets `images` stay uint8 on the device (a
@@ -54,7 +70,7 @@ class ClassSampler:
         self.class_images = class_images
         self.rotations = rotations
         self.flips = flips
-        self.augment = augment
+        self.augment = Affine() if augment is True else (augment or None)
         self.variants = (4 if rotations else 1) * (2 if flips else 1)
 
     @property
@@ -88,7 +104,7 @@ class ClassSampler:
         if any(variants):
             batch = torch.stack([self._transform(b, v) for b, v in zip(batch, variants)])
         if self.augment:
-            batch = random_affine(batch.flatten(0, 1), rng).view_as(batch)
+            batch = random_affine(batch.flatten(0, 1), rng, self.augment).view_as(batch)
         labels = torch.arange(ways, device=batch.device)
         return Episode(
             support=batch[:, :shots].reshape(ways * shots, *batch.shape[2:]),
