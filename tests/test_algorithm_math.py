@@ -109,6 +109,30 @@ def test_reptile_meta_update_is_the_interpolation_formula():
     assert head.bias.item() == pytest.approx(b_new, abs=1e-6)
 
 
+
+def test_reptile_adam_inner_loop_by_hand():
+    """inner_optimizer=adam: Nichol et al.'s Adam with beta1 = 0, a fresh state per task, so
+    each step is lr * g_t / (sqrt(v_t / (1 - beta2^t)) + 1e-8) with v_t = beta2 v + (1 - beta2) g^2."""
+    torch.manual_seed(0)
+    eps, lr, k, beta2 = 1.0, 0.1, 3, 0.999
+    algo = Reptile(Identity(1), "regression", 1, inner_lr=lr, inner_steps=k, meta_step_size=eps,
+                   inner_optimizer="adam")
+    head = algo.model[1]
+    w, b = head.weight.item(), head.bias.item()
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 4.0])
+    v = np.zeros(2)
+    for t in range(1, k + 1):
+        r = w * x + b - y
+        g = np.array([np.mean(2 * r * x), np.mean(2 * r)])
+        v = beta2 * v + (1 - beta2) * g**2
+        w, b = np.array([w, b]) - lr * g / (np.sqrt(v / (1 - beta2**t)) + 1e-8)
+    optimizer = algo.meta_optimizer(meta_lr=1.0)
+    optimizer.zero_grad()
+    algo.meta_objective(Episode(XS, YS, XQ, YQ))[0].backward()
+    optimizer.step()  # eps = 1: the meta-weights become phi
+    assert head.weight.item() == pytest.approx(w, abs=1e-5)
+    assert head.bias.item() == pytest.approx(b, abs=1e-5)
+
 def test_matchingnet_attention_by_hand():
     """Cosines of q=(1,0) to supports (1,0), (0,1), (1,1)/sqrt2 are 1, 0, 1/sqrt2; with
     labels 0, 1, 1 and scale s: p(0) = e^s / (e^s + 1 + e^(s/sqrt2))."""
@@ -147,9 +171,9 @@ def test_metaoptnet_svm_matches_an_independent_qp_solver():
     assert np.allclose(logits.detach().double().numpy(), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("algorithm", [MetaOptNet, MatchingNet])
+@pytest.mark.parametrize("algorithm", [MetaOptNet, MatchingNet, ANIL])
 def test_metric_heads_run_in_float32_under_bf16_autocast(algorithm):
-    """train.precision=bf16: the embedding may be bf16, the head (qpth's LU has no bf16 kernel) not."""
+    """train.precision=bf16: the embedding may be bf16, the head (qpth's LU has no bf16 kernel; ANIL's inner loop) not."""
     torch.manual_seed(0)
     algo = algorithm(Identity(4), "classification", 2)
     episode = Episode(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]), torch.randn(3, 4), torch.tensor([0, 1, 1]))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
-from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.algorithms.maml import adapt
 from meta_cli.data.base import Episode
 from meta_cli.params import Ge, Gt
@@ -43,10 +43,12 @@ class ANIL(Algorithm):
         steps = self.adaptation_steps if training else self.test_adaptation_steps
         # One forward for both sets, as learn2learn's anil_fc100 example (batch norm sees both).
         embeddings = self.features(torch.cat([episode.support, episode.query]))
-        support, query = embeddings.split([len(episode.support), len(episode.query)])
-        with torch.enable_grad():  # the inner loop needs gradients also when meta-testing
+        support, query = embeddings.float().split([len(episode.support), len(episode.query)])
+        # Under train.precision=bf16 only the body is autocast: the head's small inner loop
+        # (and its second-order terms) stays float32.
+        with full_precision(embeddings), torch.enable_grad():  # gradients also when meta-testing
             head = self.head.clone()
             for _ in range(steps):
                 adapt(head, self.loss(head(support), episode.support_labels),
                       first_order=self.first_order or not training)
-        return head(query)
+            return head(query)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from meta_cli.params import Ge, Gt
 
 
 class Reptile(Algorithm):
-    """Inner loop: `inner_steps` SGD steps from the meta-weights theta on all of a task's
+    """Inner loop: `inner_steps` SGD (or Adam) steps from the meta-weights theta on all of a task's
     labelled images (support and query together, Reptile's "train shots"), giving phi.
     Outer step: theta <- theta + meta_step_size * mean over tasks of (phi - theta).
 
@@ -34,20 +34,24 @@ class Reptile(Algorithm):
         inner_steps: Annotated[int, Ge(1)] = 5,
         test_inner_steps: Annotated[int, Ge(0)] = 10,
         meta_step_size: Annotated[float, Gt(0)] = 1.0,
+        inner_optimizer: Literal["sgd", "adam"] = "sgd",
     ) -> None:
         super().__init__(backbone, task, outputs)
         self.model = nn.Sequential(backbone, nn.Linear(backbone.out_features, outputs))
         self.inner_lr, self.inner_steps, self.test_inner_steps = inner_lr, inner_steps, test_inner_steps
         self.meta_step_size = meta_step_size
+        self.inner_optimizer = inner_optimizer
 
     def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.meta_step_size)
 
     def adapted(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int) -> nn.Module:
-        """A copy of the model after `steps` full-batch SGD steps on (inputs, labels); the
-        meta-weights are untouched."""
+        """A copy of the model after `steps` full-batch steps on (inputs, labels); the
+        meta-weights are untouched. Adam, as Nichol et al. use it, has beta1 = 0 and a fresh
+        state per task."""
         learner = copy.deepcopy(self.model)
-        optimizer = torch.optim.SGD(learner.parameters(), lr=self.inner_lr)
+        optimizer = (torch.optim.SGD(learner.parameters(), lr=self.inner_lr) if self.inner_optimizer == "sgd"
+                     else torch.optim.Adam(learner.parameters(), lr=self.inner_lr, betas=(0.0, 0.999)))
         with torch.enable_grad():
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
