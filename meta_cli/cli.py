@@ -133,3 +133,7 @@ def main() -> None:
         print("meta-cli: interrupted.", file=sys.stderr)
         code = 130
     raise SystemExit(code)
+
+
+if __name__ == "__main__":  # python -m meta_cli.cli
+    main()

@@ -1,6 +1,9 @@
 """Every bad input stops before any work: one line on stderr, exit 1, no traceback, no run dir."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 BAD_TRAIN_INPUTS = [
@@ -92,6 +95,12 @@ def test_help_lists_commands(cli):
     result = cli("--help")
     assert result.returncode == 0
     assert "train" in result.stdout and "eval" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["meta_cli", "meta_cli.cli"])
+def test_python_dash_m_is_the_console_script(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout and "eval" in result.stdout
 
 
 def test_unknown_command_is_a_usage_error(cli):
