@@ -64,6 +64,19 @@ def test_cnn4_shapes(shape):
     assert model(torch.randn(3, *shape)).shape == (3, model.out_features)
 
 
+
+def test_pool_last_false_keeps_the_last_feature_map():
+    """pool_last=false: the same blocks without the final 2x2 max-pool, so pooling its output
+    gives the default's embedding (on 28x28: 3x3 -> 1x1 keeps the top-left 2x2 only)."""
+    torch.manual_seed(0)
+    pooled = Conv4((1, 28, 28), max_pool=True)
+    full = Conv4((1, 28, 28), max_pool=True, pool_last=False)
+    full.load_state_dict(pooled.state_dict())
+    x = torch.rand(6, 1, 28, 28)
+    maps = full(x).view(6, 64, 3, 3)
+    assert full.out_features == 576 and pooled.out_features == 64
+    assert torch.allclose(torch.nn.functional.max_pool2d(maps, 2).flatten(1), pooled(x), atol=1e-6)
+
 def test_cnn4_rejects_non_images():
     with pytest.raises(UserError, match="needs images"):
         Conv4((1,), hidden=8, max_pool=True)

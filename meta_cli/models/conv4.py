@@ -34,7 +34,7 @@ class Conv4(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], hidden: Annotated[int, Ge(1)] = 64,
                  max_pool: bool = False, layers: Annotated[int, Ge(1)] = 4,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, pool_last: bool = True) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise UserError(f"backbone conv4/conv4_pool/cnn4 needs images (C, H, W); this dataset gives inputs "
@@ -47,6 +47,10 @@ class Conv4(nn.Module):
         self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
                                                max_pool=max_pool, layers=layers)
         _batch_statistics_only(self.base)
+        if max_pool and not pool_last:
+            # On 28x28 Omniglot the last pool maps 3x3 to 1x1 (floor), so it keeps the top-left
+            # 2x2 of the last feature map only; without it the embedding is all 3x3 positions.
+            self.base[-1].max_pool = nn.Identity()
         self.max_pool = max_pool
         with torch.no_grad():
             self.out_features = self._pool(self.base(torch.zeros(2, channels, height, width))).shape[1]
