@@ -174,6 +174,19 @@ def test_episodes_shapes_labels_range_and_determinism(name, tmp_path):
     assert not torch.equal(ep.support, other.support)
 
 
+
+@pytest.mark.parametrize("name", ["mini_imagenet", "fc100"])
+def test_files_directly_in_root_as_learn2learn_keeps_them(name, tmp_path):
+    cls, write, _, files = PICKLED[name]
+    write(tmp_path)
+    nested = cls(str(tmp_path), download=False, query=2)
+    for f in files:  # learn2learn's MiniImagenet/FC100 read <root>/<file>, no subfolder
+        (tmp_path / FOLDERS[name] / f).rename(tmp_path / f)
+    flat = cls(str(tmp_path), download=False, query=2)
+    assert flat.folder == tmp_path
+    a, b = (d.episode("test", 2, seed=3, ways=5, shots=1, query=2) for d in (nested, flat))
+    assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
 def test_to_device_gives_the_same_episodes_there(device, tmp_path):

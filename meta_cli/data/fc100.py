@@ -1,6 +1,7 @@
 """FC100 (Oreshkin et al., 2018): CIFAR-100 split by superclass, 60 / 20 / 20 classes.
 
-Files: learn2learn 0.2.0's (MetaOptNet's) pickles, in <root>/fc100/:
+Files: learn2learn 0.2.0's (MetaOptNet's) pickles, in <root>/fc100/ (or
+directly in <root>, where learn2learn keeps them):
 FC100_{train,val,test}.pickle, each a Python 2 pickle (read with latin1, as learn2learn does)
 of a dict with data (N, 32, 32, 3) uint8 and labels (N,) CIFAR-100 class indices. Each file
 is one split, as `l2l.vision.datasets.FC100(mode=...)` reads it; classes are named
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from meta_cli.data.cifarfs import MEAN, STD
-from meta_cli.data.image_files import ensure_files, fetch_zip, read_pickle
+from meta_cli.data.image_files import data_folder, ensure_files, fetch_zip, read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
@@ -59,7 +60,7 @@ class FC100(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = Path(root).expanduser() / "fc100"
+        self.folder = data_folder(root, "fc100", list(FILES.values()))
         ensure_files(self.folder, list(FILES.values()), download, lambda _: fetch_zip(URL, self.folder),
                      self.title, "learn2learn's FC100_{train,val,test}.pickle (fc100.zip unpacked)")
         parts = {p: PartSpec([self.folder / n], lambda p=p, n=n: decode(self.folder / n, p),

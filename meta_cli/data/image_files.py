@@ -111,6 +111,16 @@ def fetch_zip(url: str, folder: Path) -> None:
         archive.unlink(missing_ok=True)
 
 
+def data_folder(root: str, sub: str, names: list[str]) -> Path:
+    """`<root>/<sub>`, where meta-cli keeps (and downloads) a dataset's files, unless they are
+    all directly in `<root>` and not in the subfolder: where learn2learn puts mini-ImageNet's
+    and FC100's files, so a folder learn2learn filled is read as it is."""
+    base = Path(root).expanduser()
+    folder = base / sub
+    in_folder = any((folder / n).is_file() for n in names)
+    return base if not in_folder and all((base / n).is_file() for n in names) else folder
+
+
 def ensure_files(folder: Path, names: list[str], download: bool, get: Callable[[list[str]], None],
                  title: str, what: str) -> None:
     """Check that `folder` holds `names`; download the missing ones when allowed (`get`), else

@@ -1,6 +1,7 @@
 """mini-ImageNet (Vinyals et al., 2016) with Ravi & Larochelle's (2017) class splits.
 
-Files: learn2learn 0.2.0's pickles, in <root>/mini-imagenet/:
+Files: learn2learn 0.2.0's pickles, in <root>/mini-imagenet/ (or
+directly in <root>, where learn2learn keeps them):
 mini-imagenet-cache-{train,validation,test}.pkl, each a dict with image_data (N, 84, 84, 3)
 uint8 and class_dict {wnid: [indices into image_data]}; 64 / 16 / 20 classes of 600 images.
 Each file is one split, as `l2l.vision.datasets.MiniImagenet(mode=...)` reads it; classes
@@ -18,7 +19,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from meta_cli.data.image_files import ensure_files, fetch, read_pickle
+from meta_cli.data.image_files import data_folder, ensure_files, fetch, read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
@@ -63,7 +64,7 @@ class MiniImagenet(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = Path(root).expanduser() / "mini-imagenet"
+        self.folder = data_folder(root, "mini-imagenet", list(FILES.values()))
         ensure_files(self.folder, list(FILES.values()), download,
                      lambda missing: [fetch(URL.format(name=n), self.folder / n) for n in missing],
                      self.title, "learn2learn's mini-imagenet-cache-{train,validation,test}.pkl")
