@@ -6,14 +6,17 @@ For each setting, on the same episodes and the same initial weights:
   meta-cli   Trainer.meta_step (episodes sampled on the fly from the tensor on the device), with
              algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only).
 Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup) and the
-ratio to the reference, plus the share of a meta-step spent sampling episodes.
+ratio to the reference, plus the share of a meta-step spent sampling episodes; with --memory
+also each contender's peak memory per meta-step and per task it holds at once.
 
-  .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini]
+  .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import os
 import platform
 import statistics
@@ -110,6 +113,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(step, n: int, first: int, device: torch.device) -> float:
+    """Bytes a meta-step needs above what was resident before it: the peak over `n` steps.
+
+    On CUDA, torch's peak-allocation counter. On CPU (Linux), the process's peak resident set
+    (VmHWM), reset through /proc/self/clear_refs after freed heap memory is handed back to the
+    OS (malloc_trim), so one contender's peak does not hide the next one's.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS") * 1024
+    for i in range(n):
+        step(first + i)
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    return float(peak - base)
+
+
 def timed(step, n: int, warmup: int, repeats: int, device: torch.device) -> float:
     """Median seconds per meta-step."""
     for i in range(warmup):
@@ -140,18 +173,21 @@ def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
     else:
         ref_opt = torch.optim.Adam(reference.parameters(), lr=0.001)
         ref_step = lambda i: protonet_reference_step(reference.backbone, ref_opt, drawn[i][0], ways, shots)  # noqa: E731
-    results = [("reference (learn2learn loop)", timed(ref_step, args.steps, args.warmup, args.repeats, device))]
-
+    contenders = [("reference (learn2learn loop)", ref_step)]
     settings = TrainSettings(meta_batch_size=batch, meta_lr=0.003, progress=False)
     backends = ["l2l", "vmap"] if algorithm == "maml" else ["l2l"]
     for backend in backends:
         _, engine_model, _ = make(setting, backend, device)
         trainer = Trainer(engine_model, source, settings, Path("."), seed=0, saved={})
-        results.append((f"meta-cli backend={backend}",
-                        timed(lambda i: trainer.meta_step(i + 1), args.steps, args.warmup, args.repeats, device)))
+        contenders.append((f"meta-cli backend={backend}", lambda i, t=trainer: t.meta_step(i + 1)))
+    results = []
+    for name, step in contenders:
+        seconds = timed(step, args.steps, args.warmup, args.repeats, device)
+        memory = peak_memory(step, args.steps, 0, device) if args.memory else None
+        results.append((name, seconds, memory))
     sampling = timed(lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)
                                 for t in range(batch)], args.steps, args.warmup, args.repeats, device)
-    results.append(("episode sampling alone", sampling))
+    results.append(("episode sampling alone", sampling, None))
     return results, batch
 
 
@@ -162,24 +198,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="meta-steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory", action="store_true",
+                        help="also the peak memory of a meta-step above the resident baseline, per task")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
     print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps\n")
-    print("| setting | contender | tasks/s | ratio to reference |")
-    print("|---|---|---|---|")
+    # learn2learn's loop (and backend=l2l) holds one task's graph at a time, the vmap backend
+    # the whole meta-batch's: memory per task is the peak over the tasks held at once.
+    memory = " peak MiB per meta-step | tasks held at once | peak MiB per task held | ratio |" if args.memory else ""
+    print("| setting | contender | tasks/s | ratio to reference |" + memory)
+    print("|---|---|---|---|" + ("---|---|---|---|" if args.memory else ""))
     for setting in args.settings.split(","):
         results, batch = bench(setting, device, args)
         reference = results[0][1]
-        for contender, seconds in results:
+        reference_memory = results[0][2]
+        for contender, seconds, peak in results:
             if contender == "episode sampling alone":
                 engine = results[1][1]
                 print(f"| {setting} | {contender} | {batch / seconds:,.0f} | "
-                      f"{100 * seconds / engine:.1f} % of a meta-cli step |")
+                      f"{100 * seconds / engine:.1f} % of a meta-cli step |" + (" | | | |" if args.memory else ""))
             else:
-                print(f"| {setting} | {contender} | {batch / seconds:,.1f} | {reference / seconds:.2f}x |")
+                held = batch if "vmap" in contender else 1
+                extra = (f" {peak / 2**20:,.1f} | {held} | {peak / held / 2**20:,.1f} | "
+                         f"{peak / held / reference_memory:.2f}x |") if args.memory else ""
+                print(f"| {setting} | {contender} | {batch / seconds:,.1f} | {reference / seconds:.2f}x |" + extra)
         sys.stdout.flush()
 
 
