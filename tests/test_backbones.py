@@ -76,6 +76,10 @@ def test_pool_last_false_keeps_the_last_feature_map():
     maps = full(x).view(6, 64, 3, 3)
     assert full.out_features == 576 and pooled.out_features == 64
     assert torch.allclose(torch.nn.functional.max_pool2d(maps, 2).flatten(1), pooled(x), atol=1e-6)
+    # three pools, not four: 8x8 images are enough, 4x4 are not
+    assert Conv4((3, 8, 8), hidden=4, max_pool=True, pool_last=False).out_features == 4
+    with pytest.raises(UserError, match="at least 8x8"):
+        Conv4((3, 4, 4), hidden=4, max_pool=True, pool_last=False)
 
 def test_cnn4_rejects_non_images():
     with pytest.raises(UserError, match="needs images"):

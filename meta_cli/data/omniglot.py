@@ -144,7 +144,7 @@ class Omniglot(TaskSource):
                 self._samplers[s] = ClassSampler(pixels, [by_name[c] for c in chars],
                                                  rotations=self.rotations and training,
                                                  flips=self.flips and training,
-                                                 augment=self.augment and training and self.affine)
+                                                 augment=self.affine if self.augment and training else None)
         return self._samplers[split]
 
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,

@@ -61,7 +61,7 @@ class ClassSampler:
     """
 
     def __init__(self, images: torch.Tensor, class_images: list[np.ndarray],
-                 rotations: bool = False, augment: Affine | bool = False, flips: bool = False,
+                 rotations: bool = False, augment: Affine | None = None, flips: bool = False,
                  convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.images = images
         #: Applied to the selected images only: lets `images` stay uint8 on the device (a
@@ -70,7 +70,7 @@ class ClassSampler:
         self.class_images = class_images
         self.rotations = rotations
         self.flips = flips
-        self.augment = Affine() if augment is True else (augment or None)
+        self.augment = augment
         self.variants = (4 if rotations else 1) * (2 if flips else 1)
 
     @property
@@ -103,7 +103,7 @@ class ClassSampler:
         batch = batch.view(ways, per_class, *batch.shape[1:])
         if any(variants):
             batch = torch.stack([self._transform(b, v) for b, v in zip(batch, variants)])
-        if self.augment:
+        if self.augment is not None:
             batch = random_affine(batch.flatten(0, 1), rng, self.augment).view_as(batch)
         labels = torch.arange(ways, device=batch.device)
         return Episode(

@@ -40,9 +40,10 @@ class Conv4(nn.Module):
             raise UserError(f"backbone conv4/conv4_pool/cnn4 needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")
         channels, height, width = input_shape
-        if max_pool and min(height, width) < 2**layers:
-            raise UserError(f"backbone.max_pool=true needs images of at least {2**layers}x{2**layers} "
-                            f"({layers} 2x2 max-pools); this dataset gives {height}x{width}. Use "
+        pools = layers if pool_last else layers - 1
+        if max_pool and min(height, width) < 2**pools:
+            raise UserError(f"backbone.max_pool=true needs images of at least {2**pools}x{2**pools} "
+                            f"({pools} 2x2 max-pools); this dataset gives {height}x{width}. Use "
                             f"backbone=conv4 or fewer backbone.layers.")
         self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
                                                max_pool=max_pool, layers=layers)
