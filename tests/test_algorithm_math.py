@@ -133,6 +133,45 @@ def test_reptile_adam_inner_loop_by_hand():
     assert head.weight.item() == pytest.approx(w, abs=1e-5)
     assert head.bias.item() == pytest.approx(b, abs=1e-5)
 
+class Recorder(Identity):
+    """Identity that records every batch it is given, in a class-level list (Reptile adapts a
+    deep copy of the model)."""
+
+    seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        Recorder.seen.append(x.detach().clone())
+        return x
+
+
+def test_reptile_inner_minibatches_are_disjoint_within_a_pass_and_the_steps_are_sgd_on_them():
+    """inner_batch=2 on a task of 4 labelled images, 4 steps: two passes over two shuffled
+    orders, each image exactly twice, and phi is SGD step by step on the batches it saw."""
+    torch.manual_seed(0)
+    lr, k = 0.05, 4
+    body = Recorder(1)
+    Recorder.seen.clear()
+    algo = Reptile(body, "regression", 1, inner_lr=lr, inner_steps=k, inner_batch=2)
+    head = algo.model[1]
+    w, b = head.weight.item(), head.bias.item()
+    episode = Episode(XS, YS, torch.tensor([[3.0], [4.0]]), torch.tensor([[4.0], [6.0]]))
+    learner = algo.adapted(torch.cat([episode.support, episode.query]),
+                           torch.cat([episode.support_labels, episode.query_labels]), k)
+    batches = [x.flatten().tolist() for x in body.seen]
+    assert [len(x) for x in batches] == [2] * k
+    assert sorted(batches[0] + batches[1]) == sorted(batches[2] + batches[3]) == [1.0, 2.0, 3.0, 4.0]
+    target = {1.0: 1.0, 2.0: 3.0, 3.0: 4.0, 4.0: 6.0}
+    for xs in batches:
+        x, y = np.array(xs), np.array([target[v] for v in xs])
+        r = w * x + b - y
+        w, b = w - lr * float(np.mean(2 * r * x)), b - lr * float(np.mean(2 * r))
+    assert learner[1].weight.item() == pytest.approx(w, abs=1e-6)
+    assert learner[1].bias.item() == pytest.approx(b, abs=1e-6)
+    body.seen.clear()  # at test time the support set (2 images <= inner_batch) is one batch
+    algo.query_logits(episode)
+    assert all(len(x) == 2 and x.flatten().tolist() == [1.0, 2.0] for x in body.seen[:-1])
+
+
 def test_matchingnet_attention_by_hand():
     """Cosines of q=(1,0) to supports (1,0), (0,1), (1,1)/sqrt2 are 1, 0, 1/sqrt2; with
     labels 0, 1, 1 and scale s: p(0) = e^s / (e^s + 1 + e^(s/sqrt2))."""
