@@ -97,7 +97,9 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
         if run.algorithm.fixed_ways and settings.ways != source.ways:
             raise UserError(f"train.ways={settings.ways} but {type(run.algorithm).__name__}'s output "
                             f"layer has dataset.ways={source.ways} outputs; leave train.ways null.")
-        source.check("train", settings.ways, source.shots, source.query, prefix="train.")
+    if settings.ways is not None or settings.query is not None:
+        source.check("train", settings.ways or source.ways, source.shots, settings.query or source.query,
+                     prefix="train.")
     source.check("train", source.ways, source.shots, source.query, prefix="dataset.")
     source.check("val", source.ways, source.shots, source.query, prefix="dataset.")
     evaluation: EvalSettings = instantiate(config["eval"])

@@ -35,6 +35,10 @@ class TrainSettings:
     #: Ways of the meta-training episodes; None: dataset.ways. Metric learners such as ProtoNet
     #: train best on harder episodes than they are tested on (Snell et al. used 60 ways).
     ways: Annotated[int, Ge(2)] | None = None
+    #: Query images per class of the meta-training episodes; None: dataset.query. Reptile adapts
+    #: on support and query together, and learns from more images per task than it is tested on
+    #: (Nichol et al.'s "train shots").
+    query: Annotated[int, Ge(1)] | None = None
     #: constant, or cosine: meta_lr decays to 0 over `iterations` (per meta-step).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     val_every: Annotated[int, Ge(1)] = 100
@@ -111,8 +115,9 @@ class Trainer:
         ways = self.settings.ways or self.source.ways
         # Drawn before the first forward: sampling between one task's backward and the next
         # task's forward measured ~3 % slower (docs/benchmarks.md).
+        query = self.settings.query or self.source.query
         episodes = [self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
-                                        self.source.shots, self.source.query) for t in range(batch)]
+                                        self.source.shots, query) for t in range(batch)]
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self._bf16):
             mean_loss, mean_accuracy = self._forward_backward(episodes, iteration)

@@ -43,3 +43,26 @@ def test_clip_grad_norm_bounds_the_meta_gradient(tmp_path):
     (torch.sqrt(trainer.algorithm.w)).backward()  # d/dw sqrt(w) = 500 at w = 1e-6
     trainer._check_gradient(1)
     assert torch.isclose(trainer.algorithm.w.grad, torch.tensor(0.5))
+
+
+class ShapeRecorder(SqrtOfWeight):
+    """Records the query size of each meta-training episode it is given."""
+
+    seen: list[int] = []
+
+    def episode_loss(self, episode, training):
+        ShapeRecorder.seen.append(len(episode.query))
+        return super().episode_loss(episode, training)
+
+
+@pytest.mark.parametrize("query, expected", [(None, 4), (7, 7)])
+def test_train_query_sets_the_query_size_of_meta_training_episodes_only(tmp_path, query, expected):
+    """train.query (Reptile's "train shots") draws meta-training episodes with that many query
+    points; null keeps dataset.query."""
+    ShapeRecorder.seen = []
+    source = Sinusoid(shots=2, query=4)
+    algorithm = ShapeRecorder(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=1.0)
+    trainer = Trainer(algorithm, source, TrainSettings(progress=False, meta_batch_size=2, query=query),
+                      tmp_path, seed=0, saved={})
+    trainer.meta_step(1)
+    assert ShapeRecorder.seen == [expected, expected]

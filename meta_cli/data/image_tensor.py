@@ -178,8 +178,8 @@ class ImageTensorSource(TaskSource):
                             f"{split} split; use {prefix}ways <= {n}.")
         per_class = self.images_per_class.get(split, 0)
         if shots + query > per_class:
-            raise UserError(f"{prefix}shots + query = {shots + query} is more than the {per_class} "
-                            f"images of the smallest {self.title} {split} class; lower shots or query.")
+            raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images of the "
+                            f"smallest {self.title} {split} class; lower dataset.shots or {prefix}query.")
 
     def to(self, device: torch.device) -> "ImageTensorSource":
         self.device = torch.device(device)

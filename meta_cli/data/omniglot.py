@@ -125,8 +125,8 @@ class Omniglot(TaskSource):
         per_class = self.images_per_class[split]
         if shots + query > per_class:
             raise UserError(
-                f"{prefix}shots + query = {shots + query} is more than the {per_class} images "
-                f"per class of omniglot; lower shots or query."
+                f"shots + query = {shots} + {query} is more than the {per_class} images per class "
+                f"of omniglot; lower dataset.shots or {prefix}query."
             )
 
     def to(self, device: torch.device) -> "Omniglot":
