@@ -22,7 +22,7 @@ BAD_TRAIN_INPUTS = [
     (["dataset.ways=60"], ["dataset.ways=60", "59 classes", "val split", "<= 59"]),
     (["dataset.ways=48"], ["eval.ways=48", "47 classes", "test split"]),
     (["dataset.query=20"], ["shots + query = 1 + 20", "20 images", "dataset.query"]),
-    (["train.query=19", "algorithm=reptile"], ["shots + query = 1 + 19", "20 images", "train.query"]),
+    (["train.query=20", "algorithm=reptile"], ["shots + query = 1 + 20", "20 images", "train.query"]),
     (["train.query=0"], ["train.query", ">= 1"]),
     (["dataset.variant=huge"], ["dataset.variant", "minimal, full"]),
     (["algorithm=mamll"], ["algorithm 'mamll'", "fomaml, maml, matchingnet"]),
