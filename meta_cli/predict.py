@@ -4,8 +4,9 @@
     result = learner.predict(["a1.png", "b1.png"], ["alpha", "beta"], ["x.png", "y.png"])
     result.labels, result.scores        # ['beta', 'alpha'], tensor([0.97, 0.88])
 
-Images go through the checkpoint's own preprocessing (`omniglot_files.preprocess`, the code
-that made the training data); the model adapts to the support set exactly as in meta-testing
+Images go through the checkpoint's own preprocessing, the code that made the training data:
+`omniglot_files.preprocess` for Omniglot, `image_files.to_pixels` and
+`image_tensor.to_model_input` (resize, 0..1, mean/std) for the other image datasets; the model adapts to the support set exactly as in meta-testing
 (`Algorithm.query_logits`: MAML's test-time inner loop, ProtoNet's prototypes).
 
 Batch norm uses the statistics of each batch, as in training and meta-testing, so the
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Hashable, Sequence, Union
 
+import numpy as np
 import torch
 from hydra.utils import get_object
 from PIL import Image
@@ -29,6 +31,8 @@ from meta_cli import checkpoint as checkpoints
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.build import build_model
 from meta_cli.data.base import Episode
+from meta_cli.data.image_files import decode_image, to_pixels
+from meta_cli.data.image_tensor import to_model_input
 from meta_cli.data.omniglot_files import decode, preprocess
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
@@ -40,8 +44,8 @@ ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor]
 #: Several images: a sequence of ImageLike, or one (N, C, H, W) tensor.
 Images = Union[Sequence[ImageLike], torch.Tensor, ImageLike]
 
-#: What `preprocess` implements; a checkpoint that asks for anything else is refused.
-SUPPORTED = {"channels": 1, "resize": "lanczos", "invert": True}
+#: What Omniglot's `preprocess` implements, as its checkpoints record it.
+OMNIGLOT = {"channels": 1, "resize": "lanczos", "invert": True}
 
 
 @dataclass
@@ -66,8 +70,11 @@ class Learner:
         self.preprocessing = preprocessing
         self.device = device
         self.path = path
-        self.input_shape: tuple[int, ...] = (preprocessing["channels"], preprocessing["image_size"],
-                                             preprocessing["image_size"])
+        self.input_shape: tuple[int, ...] = input_shape(preprocessing)
+        self.omniglot = preprocessing.get("invert") is True
+        #: What a tensor given as a model input must already be.
+        self.model_input = ("float, 0..1, strokes = 1" if self.omniglot else
+                            f"float, 0..1 then normalised with mean {preprocessing['mean']} and std {preprocessing['std']}")
 
     @property
     def ways(self) -> int | None:
@@ -85,7 +92,7 @@ class Learner:
             raise UserError(f"the support set has {count} class; {name} needs at least 2 to choose from.")
 
     def preprocess(self, images: Images, what: str = "image") -> torch.Tensor:
-        """Images -> (N, C, H, W) float model inputs on the CPU, 0..1 with strokes = 1.
+        """Images -> (N, C, H, W) float model inputs on the CPU, as the training data.
 
         Paths and PIL images are preprocessed as the training data was; tensors are taken as
         model inputs already, (C, H, W) each or (N, C, H, W) together. `what` ("support",
@@ -106,16 +113,16 @@ class Learner:
         return list(images)
 
     def _one(self, item: ImageLike, where: str) -> torch.Tensor:
-        size = self.preprocessing["image_size"]
+        channels, size, _ = self.input_shape
         if isinstance(item, (str, os.PathLike)):
             try:
                 data = Path(item).expanduser().read_bytes()
             except OSError as exc:
                 raise UserError(f"cannot read image {item}: {exc.strerror or exc}.")
-            pixels = decode(data, str(item), size)
+            pixels = decode(data, str(item), size) if self.omniglot else decode_image(data, str(item), size, channels)
         elif isinstance(item, Image.Image):
             try:
-                pixels = preprocess(item, size)
+                pixels = preprocess(item, size) if self.omniglot else to_pixels(item, size, channels)
             except Exception as exc:  # PIL raises many types for a bad image
                 raise UserError(f"cannot preprocess {where} (a PIL image): {exc}")
         elif isinstance(item, torch.Tensor):
@@ -123,8 +130,14 @@ class Learner:
         else:
             raise UserError(f"{where} is a {type(item).__name__}; give a file path, a PIL image "
                             f"or a tensor.")
-        # As Omniglot's sampler does: uint8 with strokes 255 -> float with strokes 1.
-        return torch.from_numpy(pixels).float().div_(255).unsqueeze(0)  # (1, size, size)
+        return self._model_input(pixels)
+
+    def _model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """Decoded uint8 pixels -> one (C, H, W) model input, as the samplers make them."""
+        if self.omniglot:  # (size, size), strokes 255 -> float with strokes 1
+            return torch.from_numpy(pixels).float().div_(255).unsqueeze(0)
+        chw = torch.tensor(pixels).permute(2, 0, 1).unsqueeze(0)  # (size, size, C) -> (1, C, size, size)
+        return to_model_input(chw, self.preprocessing["mean"], self.preprocessing["std"])[0]
 
     def _tensor(self, item: torch.Tensor, where: str) -> torch.Tensor:
         if tuple(item.shape) != self.input_shape:
@@ -132,10 +145,10 @@ class Learner:
                             f"{self.input_shape} (or a batch (N, {', '.join(map(str, self.input_shape))})).")
         if not item.is_floating_point():
             raise UserError(f"{where} is a {item.dtype} tensor; tensors are taken as preprocessed "
-                            f"model inputs (float, 0..1, strokes = 1): pass raw pixels as a PIL image.")
-        if item.numel() and (item.min() < 0 or item.max() > 1):
+                            f"model inputs ({self.model_input}): pass raw pixels as a PIL image.")
+        if self.omniglot and item.numel() and (item.min() < 0 or item.max() > 1):
             raise UserError(f"{where} has values outside 0..1; tensors are taken as preprocessed "
-                            f"model inputs (float, 0..1, strokes = 1): pass raw pixels as a PIL image.")
+                            f"model inputs ({self.model_input}): pass raw pixels as a PIL image.")
         return item.detach().float().cpu()
 
     def predict(self, support: Images, support_labels: Sequence[Hashable] | torch.Tensor,
@@ -170,11 +183,16 @@ class Learner:
                            probabilities=probabilities, classes=classes)
 
 
-def _model(config: dict[str, Any], path: Path) -> Algorithm:
-    """The checkpoint's model without its dataset: predicting needs no training data.
+def input_shape(preprocessing: dict[str, Any]) -> tuple[int, int, int]:
+    return (preprocessing["channels"], preprocessing["image_size"], preprocessing["image_size"])
+
+
+def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple[Algorithm, dict[str, Any]]:
+    """The checkpoint's model without its dataset (predicting needs no training data), and
+    the preprocessing its images need.
 
     `build_model` (what `build` calls) gets a stand-in for the dataset with the three things a
-    model reads from it: task, input shape and ways.
+    model reads from it: task, input shape (as the preprocessing records it) and ways.
     """
     for group in ("algorithm", "dataset", "backbone"):
         check_node(config[group], group)
@@ -183,16 +201,22 @@ def _model(config: dict[str, Any], path: Path) -> Algorithm:
         raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); "
                         f"predict labels images and needs a classification checkpoint "
                         f"(e.g. one trained with dataset=omniglot).")
+    preprocessing = _preprocessing(payload, path)
     ways = config["dataset"].get("ways", inspect.signature(dataset).parameters["ways"].default)
-    stand_in = SimpleNamespace(task=dataset.task, input_shape=dataset.input_shape, ways=ways)
-    return build_model(config, stand_in)  # type: ignore[arg-type]
+    stand_in = SimpleNamespace(task=dataset.task, input_shape=input_shape(preprocessing), ways=ways)
+    return build_model(config, stand_in), preprocessing  # type: ignore[arg-type]
 
 
 def _preprocessing(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Omniglot's pipeline, or the image datasets' (image_tensor: 0..1 then mean/std)."""
     steps = payload.get("preprocessing") or {}
-    if any(steps.get(k) != v for k, v in SUPPORTED.items()) or not isinstance(steps.get("image_size"), int):
+    shaped = isinstance(steps.get("image_size"), int) and steps.get("channels") in (1, 3)
+    omniglot = all(steps.get(k) == v for k, v in OMNIGLOT.items())
+    images = steps.get("scale") == "0..1" and "mean" in steps and "std" in steps and not steps.get("invert")
+    if not shaped or not (omniglot or images):
         raise UserError(f"checkpoint {path} preprocesses images as {steps or 'nothing recorded'}; "
-                        f"predict applies 1-channel, LANCZOS-resized, inverted images only.")
+                        f"predict applies Omniglot's (1 channel, LANCZOS, inverted) or the image "
+                        f"datasets' (LANCZOS to size, 0..1, mean/std) only.")
     return steps
 
 
@@ -201,9 +225,9 @@ def restore(path: str | os.PathLike, device: torch.device) -> Learner:
     path = Path(path).expanduser().resolve()
     payload = checkpoints.load(path)
     config = copy.deepcopy(payload["config"])
-    algorithm = _model(config, path)
+    algorithm, preprocessing = _model(config, payload, path)
     load_weights(algorithm, payload["algorithm"], path)
-    return Learner(algorithm, _preprocessing(payload, path), device, path)
+    return Learner(algorithm, preprocessing, device, path)
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Learner:

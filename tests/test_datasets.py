@@ -237,7 +237,7 @@ def test_check_too_many_ways_or_too_few_images(tmp_path):
     data.check("train", 6, 2, 2, prefix="dataset.")
     with pytest.raises(UserError, match=r"dataset.ways=7 .* 6 classes of the CIFAR-FS train split"):
         data.check("train", 7, 1, 1, prefix="dataset.")
-    with pytest.raises(UserError, match=r"eval.shots \+ query = 5 .* 4 images"):
+    with pytest.raises(UserError, match=r"shots \+ query = 1 \+ 4 .* 4 images.*lower eval.shots or eval.query"):
         data.check("test", 5, 1, 4, prefix="eval.")
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +19,7 @@ import meta_cli
 from conftest import run_dirs
 from meta_cli.apps.eval import prepare
 from meta_cli.data.base import Episode
+from meta_cli.data.image_tensor import to_model_input
 from meta_cli.errors import UserError
 
 TINY = {
@@ -217,3 +219,52 @@ def test_bad_input_is_one_line_before_any_run_dir(case, checkpoints, cli, tmp_pa
     assert re.search(BAD[case], lines[0]), lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert run_dirs(tmp_path) == []  # stopped by precheck, before Hydra made a run dir
+
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def test_image_folder_checkpoint_predicts_like_eval(tmp_path, data_root, cache_dir, monkeypatch):
+    """An RGB, normalised image_folder model: PNGs of an eval episode's raw pixels give, through
+    predict (paths and PIL images), exactly the probabilities eval's model computes on that
+    episode: predict resizes, scales and normalises as the dataset does."""
+    monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in range(20):
+        (images / f"class{c:02d}").mkdir(parents=True)
+        for i in range(4):  # 20x20 on disk, 16x16 for the model: predict must resize too
+            pixels = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(images / f"class{c:02d}" / f"{i}.png")
+    run = tmp_path / "run"
+    result = _meta_cli("train", "algorithm=protonet", "dataset=image_folder", f"dataset.root={images}",
+                       "dataset.image_size=16", "dataset.query=2", "dataset.fractions=[0.5,0.25,0.25]",
+                       f"dataset.mean={MEAN}".replace(" ", ""), f"dataset.std={STD}".replace(" ", ""),
+                       "train.iterations=2", "train.val_every=2", *COMMON, f"hydra.run.dir={run}",
+                       cwd=tmp_path, data_root=data_root, cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = run / "checkpoints" / "best.pt"
+    episode, logits, _ = _eval_episode(checkpoint)
+
+    def write(x: torch.Tensor, path: Path) -> None:  # model input -> the 16x16 uint8 PNG it came from
+        mean, std = torch.tensor(MEAN).view(-1, 1, 1), torch.tensor(STD).view(-1, 1, 1)
+        pixels = ((x * std + mean) * 255).round().to(torch.uint8)
+        assert torch.equal(to_model_input(pixels[None], MEAN, STD)[0], x)  # exactly what eval saw
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB").save(path)
+
+    support = [tmp_path / "s" / f"{i:02d}.png" for i in range(len(episode.support))]
+    query = [tmp_path / "q" / f"{i:03d}.png" for i in range(len(episode.query))]
+    for x, path in [*zip(episode.support, support), *zip(episode.query, query)]:
+        write(x, path)
+    learner = meta_cli.load(checkpoint, device="cpu")
+    assert learner.input_shape == (3, 16, 16)
+    labels = episode.support_labels.tolist()
+    for given_support, given_query in [(support, query), ([Image.open(p) for p in support],
+                                                          [Image.open(p) for p in query])]:
+        predicted = learner.predict(given_support, labels, given_query)
+        expected = logits.softmax(dim=1)[:, predicted.classes]
+        torch.testing.assert_close(predicted.probabilities, expected, atol=1e-5, rtol=0)
+        assert predicted.labels == [predicted.classes[i] for i in expected.argmax(dim=1).tolist()]
+    # Tensors are model inputs already: normalised values outside 0..1 are fine here.
+    assert learner.predict(episode.support, labels, episode.query).labels == predicted.labels

@@ -40,6 +40,11 @@ def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
+def shots_key(prefix: str) -> str:
+    """The config key of the shots checked under `prefix`: train.* has no shots of its own."""
+    return "dataset.shots" if prefix == "train." else f"{prefix}shots"
+
+
 class TaskSource(abc.ABC):
     """A dataset that yields episodes. Subclasses are Hydra `_target_`s."""
 

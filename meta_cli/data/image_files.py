@@ -64,13 +64,18 @@ def decode_image(source: bytes | Path, where: str, size: int, channels: int) -> 
     """
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            image = image.convert("RGB" if channels == 3 else "L")  # loads: truncation fails here
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.LANCZOS)
-            pixels = np.asarray(image, dtype=np.uint8)
+            return to_pixels(image, size, channels)  # loads: truncation fails here
     except Exception as exc:  # PIL raises many types for a bad file
         raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.")
-    return pixels.reshape(size, size, channels)
+
+
+def to_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A PIL image -> (size, size, channels) uint8, LANCZOS-resized when not that size: the
+    pixels of the image datasets' files and of images given to `meta-cli predict`."""
+    image = image.convert("RGB" if channels == 3 else "L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.LANCZOS)
+    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
 
 
 def stack_hwc(images: list[np.ndarray]) -> torch.Tensor:

@@ -17,13 +17,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from meta_cli.atomic import write_atomic
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
 from meta_cli.data.image_files import one_line
 from meta_cli.data.sampler import ClassSampler
 from meta_cli.errors import UserError
@@ -179,7 +179,7 @@ class ImageTensorSource(TaskSource):
         per_class = self.images_per_class.get(split, 0)
         if shots + query > per_class:
             raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images of the "
-                            f"smallest {self.title} {split} class; lower dataset.shots or {prefix}query.")
+                            f"smallest {self.title} {split} class; lower {shots_key(prefix)} or {prefix}query.")
 
     def to(self, device: torch.device) -> "ImageTensorSource":
         self.device = torch.device(device)
@@ -194,13 +194,7 @@ class ImageTensorSource(TaskSource):
         return self._pixels[part]
 
     def _to_float(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The images of one episode: uint8 -> float 0..1, then (x - mean) / std."""
-        x = pixels.float().div_(255)
-        if self.mean is not None:
-            shape = (1, -1, 1, 1)
-            x.sub_(torch.tensor(self.mean, device=x.device).view(shape))
-            x.div_(torch.tensor(self.std, device=x.device).view(shape))
-        return x
+        return to_model_input(pixels, self.mean, self.std)
 
     def _sampler(self, split: Split) -> ClassSampler:
         if split not in self._samplers:
@@ -228,6 +222,18 @@ class ImageTensorSource(TaskSource):
                               "mean": None if self.mean is None else list(self.mean),
                               "std": None if self.std is None else list(self.std)},
         }
+
+
+def to_model_input(pixels: torch.Tensor, mean: Sequence[float] | None,
+                   std: Sequence[float] | None) -> torch.Tensor:
+    """(N, C, H, W) uint8 as decoded -> float 0..1, then (x - mean) / std per channel: the
+    one definition of a model input, for episodes and for `meta-cli predict`."""
+    x = pixels.float().div_(255)
+    if mean is not None:
+        shape = (1, -1, 1, 1)
+        x.sub_(torch.tensor(mean, device=x.device).view(shape))
+        x.div_(torch.tensor(std, device=x.device).view(shape))
+    return x
 
 
 def _by_part(by_part: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
 from meta_cli.data.omniglot_files import IMAGE_SIZE, ensure_zips, list_characters, load_images
 from meta_cli.data.sampler import Affine, ClassSampler
 from meta_cli.errors import UserError
@@ -126,7 +126,7 @@ class Omniglot(TaskSource):
         if shots + query > per_class:
             raise UserError(
                 f"shots + query = {shots} + {query} is more than the {per_class} images per class "
-                f"of omniglot; lower dataset.shots or {prefix}query."
+                f"of omniglot; lower {shots_key(prefix)} or {prefix}query."
             )
 
     def to(self, device: torch.device) -> "Omniglot":
