@@ -5,9 +5,10 @@
     result.labels, result.scores        # ['beta', 'alpha'], tensor([0.97, 0.88])
 
 Images go through the checkpoint's own preprocessing, the code that made the training data:
-`omniglot_files.preprocess` for Omniglot, `image_files.to_pixels` and
-`image_tensor.to_model_input` (resize, 0..1, mean/std) for the other image datasets; the model adapts to the support set exactly as in meta-testing
-(`Algorithm.query_logits`: MAML's test-time inner loop, ProtoNet's prototypes).
+`omniglot_files.preprocess` for Omniglot; `image_files.to_pixels` and
+`image_tensor.to_model_input` (resize, 0..1, mean/std) for the other image datasets. The model
+adapts to the support set exactly as in meta-testing (`Algorithm.query_logits`: MAML's
+test-time inner loop, ProtoNet's prototypes).
 
 Batch norm uses the statistics of each batch, as in training and meta-testing, so the
 prediction for one query image depends on the other query images given with it.
@@ -73,8 +74,8 @@ class Learner:
         self.input_shape: tuple[int, ...] = input_shape(preprocessing)
         self.omniglot = preprocessing.get("invert") is True
         #: What a tensor given as a model input must already be.
-        self.model_input = ("float, 0..1, strokes = 1" if self.omniglot else
-                            f"float, 0..1 then normalised with mean {preprocessing['mean']} and std {preprocessing['std']}")
+        self.model_input = ("float, 0..1, strokes = 1" if self.omniglot else f"float, 0..1, then "
+                            f"normalised with mean {preprocessing['mean']} and std {preprocessing['std']}")
 
     @property
     def ways(self) -> int | None:
