@@ -56,6 +56,20 @@ def test_paper_defaults_for_maml_on_sinusoid_yield_to_the_command_line():
     assert _compose([]).algorithm.fast_lr == 0.4
 
 
+def test_backbone_specific_defaults_apply_to_that_backbone_only():
+    """conf/tuned_backbone/protonet_omniglot_conv4_pool.yaml widens ProtoNet's Omniglot body;
+    another backbone or dataset keeps its own keys (resnet12 has no `hidden` to receive)."""
+    default = _compose(["algorithm=protonet"])
+    assert (default.backbone.hidden, default.train.iterations) == (128, 6400)
+    assert _compose(["algorithm=protonet", "backbone=conv4_pool", "backbone.hidden=64"]).backbone.hidden == 64
+    assert _compose(["algorithm=protonet", "backbone=conv4"]).backbone.hidden == 64
+    assert _compose(["algorithm=protonet", "backbone=conv4"]).train.iterations == 12000
+    assert _compose(["algorithm=protonet", "dataset=mini_imagenet"]).backbone.hidden == 64
+    build_train(_compose(["algorithm=protonet", "backbone=resnet12"]))
+    assert _compose(["algorithm=matchingnet"]).backbone.hidden == 64
+    assert _compose(["+experiment=protonet_omniglot_5w1s"]).backbone.hidden == 64  # the paper's width
+
+
 def test_cuda_group_composes():
     cfg = _compose(["device=cuda"])
     assert cfg.device.kind == "cuda"
