@@ -19,6 +19,7 @@ from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings
+from meta_cli import workers
 from meta_cli.loop import TrainSettings
 from meta_cli.validation import check_keys, check_node
 
@@ -102,6 +103,7 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
                      prefix="train.")
     source.check("train", source.ways, source.shots, source.query, prefix="dataset.")
     source.check("val", source.ways, source.shots, source.query, prefix="dataset.")
+    workers.resolve(settings.workers, run.algorithm, settings.meta_batch_size, run.device.type)  # checks
     evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.settings(run.algorithm, run.source)
     return run, settings, evaluation

@@ -22,6 +22,8 @@ from meta_cli.outputs import MetricsLog
 from meta_cli.params import Ge, Gt
 from meta_cli.seeding import rng_state, set_rng_state
 from meta_cli.stopping import StopRequest
+from meta_cli.workers import Helpers, one_thread, shares
+from meta_cli.workers import resolve as resolve_workers
 
 
 @dataclass
@@ -56,6 +58,11 @@ class TrainSettings:
     #: validation/meta-testing stay float32. auto: bf16 where the device computes it natively,
     #: else fp32 (emulated bf16 would be slower).
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    #: CPU processes that share a meta-batch's tasks (this one and workers - 1 helpers, one
+    #: thread each): learn2learn's task loop is bound by per-op overhead, which processes run
+    #: side by side and threads do not (meta_cli/workers.py). 1: the loop in this process.
+    #: auto: one per core (up to the meta-batch) on CPU with learn2learn's loop, else 1.
+    workers: Annotated[int, Ge(1)] | Literal["auto"] = 1
     progress: bool = True
 
 
@@ -95,6 +102,8 @@ class Trainer:
         self.elapsed = 0.0  # training seconds before this process, for elapsed_s
         self.window = [0.0, 0.0, 0.0, 0]  # loss, accuracy, seconds, steps since the last train row
         self.metrics_rows = 0
+        self.workers = resolve_workers(settings.workers, algorithm, settings.meta_batch_size, self._device_type)
+        self.helpers: Helpers | None = None  # workers > 1: started with the first step
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, Adam, schedule, every RNG, counters."""
@@ -116,20 +125,31 @@ class Trainer:
         # Drawn before the first forward: sampling between one task's backward and the next
         # task's forward measured ~3 % slower (docs/benchmarks.md).
         query = self.settings.query or self.source.query
-        episodes = [self.source.episode("train", (iteration - 1) * batch + t, self.seed, ways,
-                                        self.source.shots, query) for t in range(batch)]
+        indices = [(iteration - 1) * batch + t for t in range(batch)]
+        own = indices
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self._bf16):
-            mean_loss, mean_accuracy = self._forward_backward(episodes, iteration)
-        self._check_gradient(iteration)
-        self.optimizer.step()
+        if self.workers > 1 and self.helpers is None:
+            self.helpers = Helpers(self.algorithm, self.saved, self.workers, self.seed)
+        # With helpers, this process keeps to one core for the whole step: a two-thread region
+        # (sampling, the Adam step) would wait on a core a helper is using (measured 1.15x
+        # instead of 1.4x the tasks/s of one process).
+        with one_thread(self.helpers is not None):
+            if self.helpers is not None:
+                own, *theirs = shares(indices, self.workers)
+                self.helpers.submit(iteration, theirs, ways, self.source.shots, query, batch, self._bf16)
+            episodes = [self.source.episode("train", index, self.seed, ways, self.source.shots, query)
+                        for index in own]
+            with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self._bf16):
+                mean_loss, mean_accuracy = self._forward_backward(episodes, iteration, batch)
+            self._check_gradient(iteration)
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         return mean_loss, mean_accuracy
 
-    def _forward_backward(self, episodes: list, iteration: int) -> tuple[float, float | None]:
-        """Accumulates the meta-gradient of the mean query loss; returns the mean loss and accuracy."""
-        batch = len(episodes)
+    def _forward_backward(self, episodes: list, iteration: int, batch: int) -> tuple[float, float | None]:
+        """Accumulates the meta-gradient of the mean query loss over the `batch` tasks (`episodes`
+        here, the rest in the helpers); returns the mean loss and accuracy."""
         if getattr(self.algorithm, "backend", "l2l") == "vmap":
             # The whole meta-batch in one vectorised pass, one backward.
             loss, accuracy = self.algorithm.meta_batch_loss(list(episodes))
@@ -144,6 +164,10 @@ class Trainer:
                 losses.append(loss.detach())
                 if accuracy is not None:
                     accuracies.append(accuracy.detach())
+            if self.helpers is not None:
+                their_losses, their_accuracies = self.helpers.collect()
+                losses += [torch.tensor(x) for x in their_losses]
+                accuracies += [torch.tensor(x) for x in their_accuracies]
             mean_loss = torch.stack(losses).mean().item()
             self._check_loss(mean_loss, iteration)
             mean_accuracy = torch.stack(accuracies).mean().item() if accuracies else None
@@ -233,6 +257,9 @@ class Trainer:
             bar.close()
             self.metrics.close()
             self.logger.close()
+            if self.helpers is not None:
+                self.helpers.close()
+                self.helpers = None
         return dict(self.best)
 
     def _iterate(self, iteration: int, start: float, bar: tqdm) -> None:
