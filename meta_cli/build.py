@@ -15,11 +15,11 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from meta_cli import workers
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings
-from meta_cli import workers
 from meta_cli.loop import TrainSettings
 from meta_cli.validation import check_keys, check_node
 
