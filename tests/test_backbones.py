@@ -81,6 +81,27 @@ def test_pool_last_false_keeps_the_last_feature_map():
     with pytest.raises(UserError, match="at least 8x8"):
         Conv4((3, 4, 4), hidden=4, max_pool=True, pool_last=False)
 
+def test_widths_set_each_blocks_channels():
+    """backbone.widths: learn2learn's ConvBlocks at per-block widths, batch statistics only;
+    with equal widths it is the `hidden` model (same parameters, same output)."""
+    model = Conv4((1, 28, 28), max_pool=True, widths=[8, 16, 16, 12])
+    assert [tuple(b.conv.weight.shape) for b in model.base] == [(8, 1, 3, 3), (16, 8, 3, 3), (16, 16, 3, 3), (12, 16, 3, 3)]
+    assert model.out_features == 12 and not list(model.buffers())
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 12)
+    torch.manual_seed(0)
+    uniform = Conv4((1, 28, 28), hidden=8, max_pool=True, layers=3)
+    listed = Conv4((1, 28, 28), max_pool=True, widths=[8, 8, 8])
+    listed.load_state_dict(uniform.state_dict())
+    x = torch.rand(5, 1, 28, 28)
+    assert torch.allclose(listed(x), uniform(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("widths", [[], [8, 0]])
+def test_widths_rejects_empty_or_zero(widths):
+    with pytest.raises(UserError, match="one channel count >= 1 per block"):
+        Conv4((1, 28, 28), max_pool=True, widths=widths)
+
+
 def test_cnn4_rejects_non_images():
     with pytest.raises(UserError, match="needs images"):
         Conv4((1,), hidden=8, max_pool=True)
