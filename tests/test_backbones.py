@@ -81,6 +81,7 @@ def test_pool_last_false_keeps_the_last_feature_map():
     with pytest.raises(UserError, match="at least 8x8"):
         Conv4((3, 4, 4), hidden=4, max_pool=True, pool_last=False)
 
+
 def test_widths_set_each_blocks_channels():
     """backbone.widths: learn2learn's ConvBlocks at per-block widths, batch statistics only;
     with equal widths it is the `hidden` model (same parameters, same output)."""

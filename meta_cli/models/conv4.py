@@ -50,7 +50,7 @@ class Conv4(nn.Module):
         if max_pool and min(height, width) < 2**pools:
             raise UserError(f"backbone.max_pool=true needs images of at least {2**pools}x{2**pools} "
                             f"({pools} 2x2 max-pools); this dataset gives {height}x{width}. Use "
-                            f"backbone=conv4 or fewer backbone.layers.")
+                            f"backbone=conv4 or fewer blocks (backbone.layers, or entries of backbone.widths).")
         if widths is None:
             self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
                                                    max_pool=max_pool, layers=layers)
