@@ -22,7 +22,7 @@ from meta_cli.outputs import MetricsLog
 from meta_cli.params import Ge, Gt
 from meta_cli.seeding import rng_state, set_rng_state
 from meta_cli.stopping import StopRequest
-from meta_cli.workers import Helpers, one_thread, shares
+from meta_cli.workers import Helpers, backward_tasks, one_thread, shares
 from meta_cli.workers import resolve as resolve_workers
 
 
@@ -157,13 +157,7 @@ class Trainer:
             loss.backward()
             mean_loss, mean_accuracy = loss.item(), (accuracy.item() if accuracy is not None else None)
         else:
-            losses, accuracies = [], []
-            for episode in episodes:
-                objective, loss, accuracy = self.algorithm.meta_objective(episode)
-                (objective / batch).backward()  # the mean over tasks; each task's graph freed at once
-                losses.append(loss.detach())
-                if accuracy is not None:
-                    accuracies.append(accuracy.detach())
+            losses, accuracies = backward_tasks(self.algorithm, episodes, batch)
             if self.helpers is not None:
                 their_losses, their_accuracies = self.helpers.collect()
                 losses += [torch.tensor(x) for x in their_losses]

@@ -24,13 +24,14 @@ import contextlib
 import os
 import signal
 import traceback
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.multiprocessing as mp
 
 from meta_cli import allocator
 from meta_cli.algorithms.base import Algorithm
+from meta_cli.data.base import Episode
 from meta_cli.errors import UserError
 
 #: Seconds to wait for a helper to build its model and data, or to finish a share of a step.
@@ -87,6 +88,21 @@ def one_thread(enabled: bool = True) -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
+def backward_tasks(algorithm: Algorithm, episodes: Iterable[Episode],
+                   batch: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Backpropagates each task's 1/batch share of the mean meta-objective, one task's graph at
+    a time (freed at once), into .grad; returns the tasks' detached losses and accuracies. The
+    training process and the helpers both run this, so their shares are the same computation."""
+    losses, accuracies = [], []
+    for episode in episodes:
+        objective, loss, accuracy = algorithm.meta_objective(episode)
+        (objective / batch).backward()
+        losses.append(loss.detach())
+        if accuracy is not None:
+            accuracies.append(accuracy.detach())
+    return losses, accuracies
+
+
 def shares(indices: list[int], workers: int) -> list[list[int]]:
     """Contiguous, near-equal shares of `indices`, the first for the training process."""
     size, extra = divmod(len(indices), workers)
@@ -133,21 +149,15 @@ def _serve(conn: Any, saved: dict[str, Any], params: list[torch.Tensor], grads: 
             torch.manual_seed((seed * 1_000_003 + iteration) * 1024 + helper)
             for p in own:
                 p.grad = None
-            losses, accuracies = [], []
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                for index in indices:
-                    episode = source.episode("train", index, seed, ways, shots, query)
-                    objective, loss, accuracy = algorithm.meta_objective(episode)
-                    (objective / batch).backward()
-                    losses.append(loss.item())
-                    if accuracy is not None:
-                        accuracies.append(accuracy.item())
+                losses, accuracies = backward_tasks(
+                    algorithm, (source.episode("train", index, seed, ways, shots, query) for index in indices), batch)
             present = []
             for p, buffer in zip(own, grads):
                 present.append(p.grad is not None)
                 if p.grad is not None:
                     buffer.copy_(p.grad)
-            conn.send(("done", (losses, accuracies, present)))
+            conn.send(("done", ([x.item() for x in losses], [x.item() for x in accuracies], present)))
         except BaseException:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
 
