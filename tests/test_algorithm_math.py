@@ -133,6 +133,25 @@ def test_reptile_adam_inner_loop_by_hand():
     assert head.weight.item() == pytest.approx(w, abs=1e-5)
     assert head.bias.item() == pytest.approx(b, abs=1e-5)
 
+def test_reptile_inner_loop_learns_under_bf16_autocast():
+    """train.precision=bf16: autocast caches each leaf weight's bf16 copy for its whole region,
+    so without clearing it every inner step would run on the starting weights. Under autocast
+    phi must follow the float32 trajectory (to bf16 rounding), not stay where step one put it."""
+    torch.manual_seed(0)
+    algo = Reptile(nn.Linear(8, 8), "classification", 3, inner_lr=0.5, inner_steps=8)
+    inputs, labels = torch.randn(12, 8), torch.randint(0, 3, (12,))
+    start = [p.detach().clone() for p in algo.model.parameters()]
+    torch.manual_seed(1)
+    fp32 = algo.adapted(inputs, labels, 8)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = algo.adapted(inputs, labels, 8)
+    for p32, p16, p0 in zip(fp32.parameters(), bf16.parameters(), start):
+        moved = (p32 - p0).norm()
+        assert moved > 0.1
+        assert (p16 - p32).norm() < 0.05 * moved
+
+
 class Recorder(Identity):
     """Identity that records every batch it is given, in a class-level list (Reptile adapts a
     deep copy of the model)."""

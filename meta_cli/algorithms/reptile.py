@@ -59,6 +59,10 @@ class Reptile(Algorithm):
                 optimizer.zero_grad(set_to_none=True)
                 self.loss(learner(inputs[batch]), labels[batch]).backward()
                 optimizer.step()
+                # Under train.precision=bf16, autocast caches the bf16 copy of each leaf weight
+                # until its region ends: without this every step would reuse the first step's
+                # weights and the inner loop would not learn.
+                torch.clear_autocast_cache()
         return learner
 
     def minibatches(self, n: int, steps: int, device: torch.device) -> list[torch.Tensor | slice]:
