@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from meta_cli import checkpoint
@@ -41,8 +42,9 @@ class TrainSettings:
     #: on support and query together, and learns from more images per task than it is tested on
     #: (Nichol et al.'s "train shots").
     query: Annotated[int, Ge(1)] | None = None
-    #: constant, or cosine: meta_lr decays to 0 over `iterations` (per meta-step).
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: constant; cosine: meta_lr decays to 0 over `iterations` (per meta-step) along a half
+    #: cosine; linear: along a straight line (Nichol et al.'s annealing of Reptile's step).
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     val_every: Annotated[int, Ge(1)] = 100
     val_episodes: Annotated[int, Ge(1)] = 100
     log_every: Annotated[int, Ge(1)] = 10
@@ -79,6 +81,15 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+def schedule(optimizer: torch.optim.Optimizer, kind: str, iterations: int) -> LRScheduler | None:
+    """The meta-lr schedule, stepped once per meta-step, reaching 0 at `iterations`."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
+    if kind == "linear":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, iterations)
+    return None
+
+
 class Trainer:
     def __init__(self, algorithm: Algorithm, source: TaskSource, settings: TrainSettings,
                  run_dir: Path, seed: int, saved: dict[str, Any],
@@ -90,8 +101,7 @@ class Trainer:
         self.make_logger = make_logger  # called with the first iteration to come
         self.checkpoints = run_dir / "checkpoints"
         self.optimizer = algorithm.meta_optimizer(settings.meta_lr)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.iterations)
-                          if settings.lr_schedule == "cosine" else None)
+        self.scheduler = schedule(self.optimizer, settings.lr_schedule, settings.iterations)
         self.classification = source.task == "classification"
         self._device_type = next(algorithm.parameters()).device.type
         self._bf16 = settings.precision == "bf16" or (settings.precision == "auto" and native_bf16(self._device_type))

@@ -66,3 +66,18 @@ def test_train_query_sets_the_query_size_of_meta_training_episodes_only(tmp_path
                       tmp_path, seed=0, saved={})
     trainer.meta_step(1)
     assert ShapeRecorder.seen == [expected, expected]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("constant", [0.1, 0.1, 0.1, 0.1]),
+    ("linear", [0.1, 0.075, 0.05, 0.025]),  # 0.1 * (1 - i / 4)
+    ("cosine", [0.1, 0.05 * (1 + 2 ** -0.5), 0.05, 0.05 * (1 - 2 ** -0.5)]),  # 0.05 * (1 + cos(pi i / 4))
+])
+def test_lr_schedule_decays_the_meta_lr_per_step_to_zero(tmp_path, kind, expected):
+    trainer = _trainer(tmp_path, w=1.0, meta_lr=0.1, iterations=4, lr_schedule=kind,
+                       val_every=100, checkpoint_every=100)
+    seen = []
+    for iteration in range(1, 5):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.meta_step(iteration)
+    assert seen == pytest.approx(expected)

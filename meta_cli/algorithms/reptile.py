@@ -18,8 +18,8 @@ class Reptile(Algorithm):
     Outer step: theta <- theta + meta_step_size * mean over tasks of (phi - theta).
 
     The outer step is plain SGD of learning rate `meta_step_size` on the gradient
-    (theta - phi), so train.meta_lr does not apply; train.lr_schedule=cosine anneals the meta
-    step size towards 0 as Nichol et al. anneal it linearly. At test time the same inner loop
+    (theta - phi), so train.meta_lr does not apply; train.lr_schedule=cosine or linear (as
+    Nichol et al.) anneals the meta step size towards 0. At test time the same inner loop
     adapts on the support set only (`test_inner_steps` steps).
     """
 
