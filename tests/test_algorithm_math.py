@@ -133,6 +133,7 @@ def test_reptile_adam_inner_loop_by_hand():
     assert head.weight.item() == pytest.approx(w, abs=1e-5)
     assert head.bias.item() == pytest.approx(b, abs=1e-5)
 
+
 def test_reptile_inner_loop_learns_under_bf16_autocast():
     """train.precision=bf16: autocast caches each leaf weight's bf16 copy for its whole region,
     so without clearing it every inner step would run on the starting weights. Under autocast
