@@ -90,17 +90,18 @@ def test_reptile_meta_update_is_the_interpolation_formula():
     w0, b0 = head.weight.item(), head.bias.item()
     tasks = [Episode(XS, YS, XQ, YQ), Episode(XS, 2 * YS, XQ, 2 * YQ)]
 
-    def sgd(w, b, x, y):  # k full-batch steps on MSE over support + query
+    def sgd(w, b, x, y):  # k full-batch steps on MSE over support + query, and the last step's loss
         for _ in range(k):
             r = w * x + b - y
             w, b = w - lr * float(np.mean(2 * r * x)), b - lr * float(np.mean(2 * r))
-        return w, b
+        return w, b, float(np.mean(r**2))
 
     phis = [sgd(w0, b0, np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 4.0]) * s) for s in (1, 2)]
     optimizer = algo.meta_optimizer(meta_lr=123.0)  # meta_lr does not apply to Reptile
     optimizer.zero_grad()
-    for episode in tasks:
+    for episode, phi in zip(tasks, phis):
         objective, loss, _ = algo.meta_objective(episode)
+        assert loss.item() == pytest.approx(phi[2], rel=1e-6)  # reported: the k-th step's, before it
         (objective / len(tasks)).backward()
     optimizer.step()
     w_new = w0 + eps * np.mean([p[0] - w0 for p in phis])
