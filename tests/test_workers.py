@@ -123,8 +123,9 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_resumes_exactly(tmp_path
     """`timeout`, SLURM and Ctrl-C signal every process of the group: the helpers outlive the
     signal, the training process commits its step and exits 143, and the resumed run ends
     bit for bit where an uninterrupted two-worker run ends."""
-    run = ["dataset=sinusoid", "train.workers=2", "train.iterations=120", "train.val_every=40",
-           "train.checkpoint_every=20", "train.val_episodes=20", "train.progress=false", "eval.episodes=50"]
+    run = ["dataset=sinusoid", "algorithm.backend=l2l", "train.workers=2", "train.iterations=120",
+           "train.val_every=40", "train.checkpoint_every=20", "train.val_episodes=20", "train.progress=false",
+           "eval.episodes=50"]
     exe = Path(sys.executable).with_name("meta-cli")
     env = {**os.environ, "META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir)}
     whole = subprocess.run([str(exe), "train", *run, "hydra.run.dir=whole"], cwd=tmp_path, env=env,
