@@ -112,7 +112,7 @@ def test_reptile_meta_update_is_the_interpolation_formula():
 
 
 def test_reptile_adam_inner_loop_by_hand():
-    """inner_optimizer=adam: Nichol et al.'s Adam with beta1 = 0, a fresh state per task, so
+    """inner_optimizer=adam: Adam with beta1 = 0 (Nichol et al.'s) and a fresh state per task, so
     each step is lr * g_t / (sqrt(v_t / (1 - beta2^t)) + 1e-8) with v_t = beta2 v + (1 - beta2) g^2."""
     torch.manual_seed(0)
     eps, lr, k, beta2 = 1.0, 0.1, 3, 0.999
