@@ -57,7 +57,7 @@ class Reptile(Algorithm):
         """The adapted copy, and the last step's output and labels (its minibatch, before that
         step's update; None after 0 steps). Adam has beta1 = 0, as in Nichol et al., and a fresh
         state per task. Their code keeps Adam's second moment across tasks and into test time
-        (openai/supervised-reptile#28); that variant measured lower here (docs/results.md)."""
+        (openai/supervised-reptile#28); that variant measured no better here (docs/results.md)."""
         learner = copy.deepcopy(self.model)
         optimizer = (torch.optim.SGD(learner.parameters(), lr=self.inner_lr) if self.inner_optimizer == "sgd"
                      else torch.optim.Adam(learner.parameters(), lr=self.inner_lr, betas=(0.0, 0.999)))
