@@ -5,9 +5,11 @@ For each setting, on the same episodes and the same initial weights:
              query loss backward, gradients scaled by 1/meta-batch, Adam), on pre-drawn episodes;
   meta-cli   Trainer.meta_step (episodes sampled on the fly from the tensor on the device), with
              algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only).
-Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup) and the
-ratio to the reference, plus the share of a meta-step spent sampling episodes; with --memory
-also each contender's peak memory per meta-step and per task it holds at once.
+Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup; the contenders
+take turns) and the ratio to the reference, plus the share of a meta-step spent sampling
+episodes; with --memory also each contender's peak memory per meta-step and per task it holds
+at once. Runs with a meta-cli job's process settings (malloc tuning, denormals flushed), but
+without the malloc tuning under --memory.
 
   .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory]
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from meta_cli import allocator
 from meta_cli._l2l import l2l
 from meta_cli.algorithms.maml import MAML
 from meta_cli.algorithms.protonet import ProtoNet
@@ -143,19 +146,23 @@ def peak_memory(step, n: int, first: int, device: torch.device) -> float:
     return float(peak - base)
 
 
-def timed(step, n: int, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median seconds per meta-step."""
-    for i in range(warmup):
-        step(i)
+def timed(steps: list, n: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds per meta-step of each contender. The contenders take turns, one timing of
+    `n` steps each per round, so that drift (heap growth, clock, other load) falls on all of
+    them alike rather than on whichever runs first."""
+    for step in steps:
+        for i in range(warmup):
+            step(i)
     sync(device)
-    times = []
+    times: list[list[float]] = [[] for _ in steps]
     for r in range(repeats):
-        start = time.perf_counter()
-        for i in range(n):
-            step(warmup + r * n + i)
-        sync(device)
-        times.append((time.perf_counter() - start) / n)
-    return statistics.median(times)
+        for step, own in zip(steps, times):
+            start = time.perf_counter()
+            for i in range(n):
+                step(warmup + r * n + i)
+            sync(device)
+            own.append((time.perf_counter() - start) / n)
+    return [statistics.median(own) for own in times]
 
 
 def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
@@ -180,14 +187,14 @@ def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
         _, engine_model, _ = make(setting, backend, device)
         trainer = Trainer(engine_model, source, settings, Path("."), seed=0, saved={})
         contenders.append((f"meta-cli backend={backend}", lambda i, t=trainer: t.meta_step(i + 1)))
+    sample = lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)  # noqa: E731
+                        for t in range(batch)]
+    seconds = timed([step for _, step in contenders] + [sample], args.steps, args.warmup, args.repeats, device)
     results = []
-    for name, step in contenders:
-        seconds = timed(step, args.steps, args.warmup, args.repeats, device)
+    for (name, step), own in zip(contenders, seconds):
         memory = peak_memory(step, args.steps, 0, device) if args.memory else None
-        results.append((name, seconds, memory))
-    sampling = timed(lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)
-                                for t in range(batch)], args.steps, args.warmup, args.repeats, device)
-    results.append(("episode sampling alone", sampling, None))
+        results.append((name, own, memory))
+    results.append(("episode sampling alone", seconds[-1], None))
     return results, batch
 
 
@@ -201,11 +208,17 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of a meta-step above the resident baseline, per task")
     args = parser.parse_args()
+    # The process settings of a meta-cli job (meta_cli/job.py), so the engine is timed as it
+    # trains. They are process-wide: the reference, in the same process, gets them too. Not the
+    # malloc tuning under --memory: freed blocks it keeps resident would count in the peaks.
+    tuned = not args.memory and allocator.tune()
+    torch.set_flush_denormal(True)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
-    print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps\n")
+    print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps, "
+          f"the contenders in turn; malloc tuning {'on' if tuned else 'off'}\n")
     # learn2learn's loop (and backend=l2l) holds one task's graph at a time, the vmap backend
     # the whole meta-batch's: memory per task is the peak over the tasks held at once.
     memory = " peak MiB per meta-step | tasks held at once | peak MiB per task held | ratio |" if args.memory else ""
