@@ -4,14 +4,15 @@ For each setting, on the same episodes and the same initial weights:
   reference  the loop of learn2learn's examples/vision/maml_omniglot.py (clone, adapt per task,
              query loss backward, gradients scaled by 1/meta-batch, Adam), on pre-drawn episodes;
   meta-cli   Trainer.meta_step (episodes sampled on the fly from the tensor on the device), with
-             algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only).
+             algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only); with
+             --compile also backend=vmap with algorithm.compile=true (torch.compile).
 Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup; the contenders
 take turns) and the ratio to the reference, plus the share of a meta-step spent sampling
 episodes; with --memory also each contender's peak memory per meta-step and per task it holds
 at once. Runs with a meta-cli job's process settings (malloc tuning, denormals flushed), but
 without the malloc tuning under --memory.
 
-  .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory]
+  .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory] [--compile]
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class RandomImages(TaskSource):
         return Episode(s, labels(shots), q, labels(query)).to(self.device)
 
 
-def make(setting: str, backend: str, device: torch.device):
+def make(setting: str, backend: str, device: torch.device, compile: bool = False):
     algorithm, ways, shots, query, steps, lr, batch, backbone = SETTINGS[setting]
     if backbone == "cnn4":
         source: TaskSource = RandomImages(ways, shots, query)
@@ -80,7 +81,8 @@ def make(setting: str, backend: str, device: torch.device):
         net = Conv4(input_shape=source.input_shape, hidden=64, max_pool=backbone == "conv4_pool")
     torch.manual_seed(0)  # the same initial weights for every contender
     if algorithm == "maml":
-        model = MAML(net, "classification", ways, fast_lr=lr, adaptation_steps=steps, backend=backend)
+        model = MAML(net, "classification", ways, fast_lr=lr, adaptation_steps=steps, backend=backend,
+                     compile=compile)
     else:
         model = ProtoNet(net, "classification", ways)
     return source.to(device), model.to(device), batch
@@ -182,11 +184,19 @@ def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
         ref_step = lambda i: protonet_reference_step(reference.backbone, ref_opt, drawn[i][0], ways, shots)  # noqa: E731
     contenders = [("reference (learn2learn loop)", ref_step)]
     settings = TrainSettings(meta_batch_size=batch, meta_lr=0.003, progress=False)
-    backends = ["l2l", "vmap"] if algorithm == "maml" else ["l2l"]
-    for backend in backends:
-        _, engine_model, _ = make(setting, backend, device)
+    backends = [("l2l", False), ("vmap", False)] if algorithm == "maml" else [("l2l", False)]
+    if algorithm == "maml" and args.compile:
+        backends.append(("vmap", True))
+    for backend, compile in backends:
+        _, engine_model, _ = make(setting, backend, device, compile)
         trainer = Trainer(engine_model, source, settings, Path("."), seed=0, saved={})
-        contenders.append((f"meta-cli backend={backend}", lambda i, t=trainer: t.meta_step(i + 1)))
+        name = f"meta-cli backend={backend}" + (" compile=true" if compile else "")
+        if compile:  # the compilation itself is not timed, but reported
+            start = time.perf_counter()
+            trainer.meta_step(1)
+            sync(device)
+            print(f"({setting}: compiling took {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+        contenders.append((name, lambda i, t=trainer: t.meta_step(i + 1)))
     sample = lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)  # noqa: E731
                         for t in range(batch)]
     seconds = timed([step for _, step in contenders] + [sample], args.steps, args.warmup, args.repeats, device)
@@ -205,6 +215,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="meta-steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="also backend=vmap with algorithm.compile=true (MAML settings; compiling takes minutes)")
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of a meta-step above the resident baseline, per task")
     args = parser.parse_args()

@@ -37,6 +37,7 @@ BAD_TRAIN_INPUTS = [
     (["algorithm=maml", "train.ways=20"], ["train.ways=20", "output"]),
     (["train.clip_grad_norm=0"], ["train.clip_grad_norm", "> 0"]),
     (["train.keep_checkpoints=0"], ["train.keep_checkpoints", ">= 1"]),
+    (["algorithm=fomaml", "algorithm.compile=true"], ["algorithm.compile=true", "algorithm.backend=vmap"]),
     (["resume=no/such/run"], ["resume=", "no such run dir"]),
     (["-m", "resume=a,b"], ["resume= resumes one run"]),
 ]

@@ -10,6 +10,7 @@ from meta_cli._l2l import l2l
 from meta_cli.algorithms import vectorized
 from meta_cli.algorithms.base import Algorithm, Task
 from meta_cli.data.base import Episode
+from meta_cli.errors import UserError
 from meta_cli.params import Ge, Gt
 
 
@@ -45,8 +46,12 @@ class MAML(Algorithm):
         test_adaptation_steps: Annotated[int, Ge(0)] = 3,
         first_order: bool = False,
         backend: Literal["l2l", "vmap"] = "l2l",
+        compile: bool = False,
     ) -> None:
         super().__init__(backbone, task, outputs)
+        if compile and backend != "vmap":
+            raise UserError("algorithm.compile=true compiles the vectorised meta-batch: set "
+                            "algorithm.backend=vmap as well, or algorithm.compile=false.")
         head = nn.Linear(backbone.out_features, outputs)
         if task == "classification":  # learn2learn's OmniglotCNN head initialisation
             head.weight.data.normal_()
@@ -60,6 +65,11 @@ class MAML(Algorithm):
         self.backend = backend
         # Not a registered submodule: checkpoints hold the model once, whatever the backend.
         object.__setattr__(self, "_twin", vectorized.functional_twin(self.maml.module) if backend == "vmap" else None)
+        #: backend=vmap only: the meta-batch function through torch.compile (not at test time,
+        #: which runs learn2learn's loop).
+        self.compiled = compile
+        object.__setattr__(self, "_meta_batch", vectorized.compiled(vectorized.maml_meta_batch) if compile
+                           else vectorized.maml_meta_batch)
 
     def wrap(self, model: nn.Module, fast_lr: float, first_order: bool) -> nn.Module:
         """learn2learn's learner with clone() and adapt(loss, first_order)."""
@@ -67,7 +77,7 @@ class MAML(Algorithm):
 
     def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """backend=vmap: mean query loss and accuracy of a meta-batch, one vectorised pass."""
-        return vectorized.maml_meta_batch(
+        return self._meta_batch(
             self.maml.module, self._twin, vectorized.stack(episodes), self.maml.lr,
             self.adaptation_steps, self.first_order, self.loss, self.task == "classification")
 

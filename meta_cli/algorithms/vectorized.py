@@ -24,6 +24,8 @@ from torch.func import functional_call, grad, vmap
 from meta_cli.data.base import Episode
 from meta_cli.errors import UserError
 
+MetaBatch = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
 
 class PrimitiveBatchNorm2d(nn.Module):
     """Batch statistics only (as meta_cli's Conv-4), from mean/var/rsqrt; same parameter
@@ -97,3 +99,24 @@ def maml_meta_batch(model: nn.Module, twin: nn.Module, episodes: Episode, fast_l
     losses, accuracies = vmap(task, in_dims=(None, 0, 0, 0, 0))(
         params, episodes.support, episodes.support_labels, episodes.query, episodes.query_labels)
     return losses.mean(), (accuracies.mean() if classification else None)
+
+
+def compiled(function: MetaBatch) -> MetaBatch:
+    """`function` through torch.compile (inductor): the element-wise work of batch norm, ReLU
+    and their second-order terms fused into fewer passes over the meta-batch, which is most of
+    the vmapped step on a CPU (docs/benchmarks.md). Compiles on the first call (about a minute
+    for the Omniglot Conv-4), and again only if the shapes change. A failed compilation (no C++
+    compiler, an unsupported op) stops with one line instead of inductor's traceback."""
+    import torch._dynamo.exc as dynamo_errors  # imported here: loading dynamo costs ~1 s
+
+    fast = torch.compile(function, dynamic=False)
+
+    def call(*args, **kwargs):
+        try:
+            return fast(*args, **kwargs)
+        except (dynamo_errors.BackendCompilerFailed, dynamo_errors.InternalTorchDynamoError,
+                dynamo_errors.Unsupported) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"algorithm.compile=true: torch.compile failed ({first[:200]}); "
+                            f"set algorithm.compile=false.") from exc
+    return call
