@@ -65,9 +65,8 @@ class MAML(Algorithm):
         self.backend = backend
         # Not a registered submodule: checkpoints hold the model once, whatever the backend.
         object.__setattr__(self, "_twin", vectorized.functional_twin(self.maml.module) if backend == "vmap" else None)
-        #: backend=vmap only: the meta-batch function through torch.compile (not at test time,
-        #: which runs learn2learn's loop).
-        self.compiled = compile
+        # compile: the meta-batch function through torch.compile (training only; test time runs
+        # learn2learn's loop).
         object.__setattr__(self, "_meta_batch", vectorized.compiled(vectorized.maml_meta_batch) if compile
                            else vectorized.maml_meta_batch)
 

@@ -109,6 +109,11 @@ def compiled(function: MetaBatch) -> MetaBatch:
     compiler, an unsupported op) stops with one line instead of inductor's traceback."""
     import torch._dynamo.exc as dynamo_errors  # imported here: loading dynamo costs ~1 s
 
+    # Dynamo keys its cache on the function's code, shared by every model: after 8 models of
+    # different shapes (a sweep's jobs in one process) it stops compiling and runs eager code
+    # with one warning (measured). Each job trains one model, so it starts from an empty cache;
+    # a repeat of the same shapes then compiles from inductor's disk cache in seconds.
+    torch._dynamo.reset()
     fast = torch.compile(function, dynamic=False)
 
     def call(*args, **kwargs):
