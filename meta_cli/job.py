@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 
 from meta_cli import allocator
@@ -50,10 +49,7 @@ def guarded(work: Callable[[], T]) -> T | None:
     line and returns None (the Optuna sweeper records that as a failed trial; NaN would crash
     it); the CLI reports the failure through its exit code once every job has run.
     """
-    allocator.tune()  # here, so that launcher worker processes get it too
-    # A loss near 0 makes denormal gradients, which x86 CPUs process ~50x slower (measured:
-    # one ProtoNet backward 4 s instead of 0.07 s); flush them to zero.
-    torch.set_flush_denormal(True)
+    allocator.tune_process()  # here, so that launcher worker processes get it too
     hydra = HydraConfig.get()
     out = run_dir()
     status: dict[str, Any] = {

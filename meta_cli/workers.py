@@ -120,8 +120,7 @@ def _serve(conn: Any, saved: dict[str, Any], params: list[torch.Tensor], grads: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
-    allocator.tune()  # as the training process (meta_cli.job.guarded)
-    torch.set_flush_denormal(True)
+    allocator.tune_process()  # as the training process (meta_cli.job.guarded)
     try:
         from meta_cli.build import build
 

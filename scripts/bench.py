@@ -223,8 +223,7 @@ def main() -> None:
     # The process settings of a meta-cli job (meta_cli/job.py), so the engine is timed as it
     # trains. They are process-wide: the reference, in the same process, gets them too. Not the
     # malloc tuning under --memory: freed blocks it keeps resident would count in the peaks.
-    tuned = not args.memory and allocator.tune()
-    torch.set_flush_denormal(True)
+    tuned = allocator.tune_process(malloc=not args.memory)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
