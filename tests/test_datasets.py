@@ -6,6 +6,7 @@ so an episode's pixels tell which split, class and image each sample is.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 import pickle
@@ -23,7 +24,6 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-from meta_cli.build import plain
 from meta_cli.data import image_folder, tiered_imagenet
 from meta_cli.data.cifarfs import CIFARFS
 from meta_cli.data.fc100 import FC100
@@ -31,7 +31,7 @@ from meta_cli.data.image_folder import ImageFolder
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.data.tiered_imagenet import TieredImagenet
 from meta_cli.errors import UserError
-from meta_cli.validation import check_node, constructor_hints
+from meta_cli.validation import check_node, plain
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -234,11 +234,12 @@ def test_saved_splits_are_kept_and_checked(tmp_path):
 def test_check_too_many_ways_or_too_few_images(tmp_path):
     write_cifarfs(tmp_path)
     data = CIFARFS(str(tmp_path), download=False)
-    data.check("train", 6, 2, 2, prefix="dataset.")
+    data.check("train", 6, 2, 2)
     with pytest.raises(UserError, match=r"dataset.ways=7 .* 6 classes of the CIFAR-FS train split"):
-        data.check("train", 7, 1, 1, prefix="dataset.")
+        data.check("train", 7, 1, 1)
+    eval_keys = {"ways": "eval.ways", "shots": "eval.shots", "query": "eval.query"}
     with pytest.raises(UserError, match=r"shots \+ query = 1 \+ 4 .* 4 images.*lower eval.shots or eval.query"):
-        data.check("test", 5, 1, 4, prefix="eval.")
+        data.check("test", 5, 1, 4, keys=eval_keys)
 
 
 @pytest.mark.parametrize("name", PICKLED)
@@ -379,9 +380,9 @@ def test_image_folder_bad_image_is_named(damage, tmp_path):
         noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
         Image.fromarray(noise).save(big, "PNG")
         bad.write_bytes(big.getvalue()[: len(big.getvalue()) // 2])
-    with pytest.raises(UserError, match=re.escape(f"cannot decode image {bad} (")) as error:
+    with pytest.raises(UserError, match=re.escape(f"cannot decode image {bad}")) as error:
         ImageFolder(str(tmp_path))
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "BytesIO" not in str(error.value)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -423,7 +424,7 @@ def test_yaml_keys_are_constructor_parameters_with_comments(name, backbone, monk
     assert config["backbone"] == expected
     target = {"mini_imagenet": MiniImagenet, "tiered_imagenet": TieredImagenet, "cifarfs": CIFARFS,
               "fc100": FC100, "image_folder": ImageFolder}[name]
-    params, _ = constructor_hints(target)
+    params = {k: p for k, p in inspect.signature(target).parameters.items() if k not in target.injected}
     assert set(node) - {"_target_"} == set(params)
     for key, value in node.items():  # the YAML's defaults are the constructor's
         default = params[key].default if key in params else value

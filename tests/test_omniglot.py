@@ -95,9 +95,9 @@ def test_rotation_is_chosen_per_class(data_root):
 def test_too_many_ways_is_a_clear_error(data_root):
     data = Omniglot(str(data_root))
     with pytest.raises(UserError, match=r"ways=48 is more than the 47 classes .* test split"):
-        data.check("test", 48, 1, 5, prefix="dataset.")
+        data.check("test", 48, 1, 5)
     with pytest.raises(UserError, match=r"shots \+ query = 1 \+ 20 .* 20 images.*lower dataset.shots or dataset.query"):
-        data.check("test", 5, 1, 20, prefix="dataset.")
+        data.check("test", 5, 1, 20)
 
 
 def _png(seed: int) -> bytes:

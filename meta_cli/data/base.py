@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from meta_cli.errors import UserError
+
 Split = Literal["train", "val", "test"]
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
@@ -40,9 +42,9 @@ def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
-def shots_key(prefix: str) -> str:
-    """The config key of the shots checked under `prefix`: train.* has no shots of its own."""
-    return "dataset.shots" if prefix == "train." else f"{prefix}shots"
+#: The config keys an episode shape comes from, by default: named in messages so that a user
+#: reads the key they set (train.ways and eval.ways default to dataset.ways).
+DATASET_KEYS = {"ways": "dataset.ways", "shots": "dataset.shots", "query": "dataset.query"}
 
 
 class TaskSource(abc.ABC):
@@ -57,13 +59,38 @@ class TaskSource(abc.ABC):
     shots: int
     query: int
 
+    title: str = "dataset"  # its name in messages, e.g. "omniglot minimal"
+
     @abc.abstractmethod
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
                 query: int) -> Episode:
         """Episode number `index` of `split`; the same arguments give the same episode."""
 
-    def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
-        """Raise UserError when an episode of this shape cannot be drawn from `split`."""
+    def num_classes(self, split: Split) -> int:
+        """Classes an episode of `split` can draw from."""
+        raise NotImplementedError
+
+    def images_per_class(self, split: Split) -> int:
+        """Images of the smallest class of `split`: an episode takes shots + query of each."""
+        raise NotImplementedError
+
+    def check(self, split: Split, ways: int, shots: int, query: int,
+              keys: dict[str, str] = DATASET_KEYS, use: str = "", hint: str = "") -> None:
+        """Raise UserError when an episode of this shape cannot be drawn from `split`.
+
+        `keys` names the config key each of ways, shots and query came from (the one the user
+        set), `use` what the episodes are for, `hint` which other key also bounds the value.
+        """
+        where = f"the {self.title} {split} split" + (f" ({use})" if use else "")
+        tail = f" {hint}" if hint else ""
+        n = self.num_classes(split)
+        if ways > n:
+            raise UserError(f"{keys['ways']}={ways} is more than the {n} classes of {where}; use "
+                            f"{keys['ways']} <= {n}.{tail}")
+        per_class = self.images_per_class(split)
+        if shots + query > per_class:
+            raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images per "
+                            f"class of {where}; lower {keys['shots']} or {keys['query']}.{tail}")
 
     def to(self, device: torch.device) -> "TaskSource":
         """Keep the data on the training device so that sampling never copies from host."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from meta_cli.data.image_files import decode_image, ensure_files, fetch_zip, list_images, stack_hwc
+from meta_cli.data.download import ensure_files, fetch_zip
+from meta_cli.data.image_files import decode_image, list_images, stack_hwc
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.errors import UserError
 from meta_cli.params import Ge

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from meta_cli.data.cifarfs import MEAN, STD
-from meta_cli.data.image_files import data_folder, ensure_files, fetch_zip, read_pickle
+from meta_cli.data.download import data_folder, ensure_files, fetch_zip
+from meta_cli.data.image_files import read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.errors import UserError
 from meta_cli.params import Ge

@@ -7,28 +7,19 @@ unreadable or truncated image.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
-import urllib.request
-import zipfile
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from meta_cli.errors import UserError
+from meta_cli.data.download import one_line
+from meta_cli.errors import UserError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-TIMEOUT_S = 60  # per connection attempt and read: offline, fail instead of hanging
-
-
-def one_line(exc: object) -> str:
-    """An exception (or its reason) as one line of text: error messages are one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def check_not_html(path: Path, expected: str) -> None:
@@ -57,16 +48,33 @@ def read_pickle(path: Path, expected: str, encoding: str = "ASCII") -> Any:
                         f"replace it.")
 
 
+def open_image(source: bytes | Path, where: str) -> Image.Image:
+    """An encoded image, loaded; a missing, unreadable or truncated file is a UserError naming
+    `where`, and PIL's warning about a huge image one warning line naming it too."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image.load()  # truncation fails here
+        except UnidentifiedImageError:
+            raise UserError(f"cannot decode image {where}: not an image file PIL can read "
+                            f"(the extension may not match the contents); replace or remove it.") from None
+        except Exception as exc:  # PIL raises many types for a bad file
+            raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.") from None
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            warn(f"image {where} is very large ({image.size[0]}x{image.size[1]} pixels, over PIL's "
+                 f"limit of {Image.MAX_IMAGE_PIXELS}): decoding it takes much memory.")
+    return image
+
+
 def decode_image(source: bytes | Path, where: str, size: int, channels: int) -> np.ndarray:
     """An encoded image -> (size, size, channels) uint8, LANCZOS-resized when not that size.
 
     A missing, unreadable or truncated file is a UserError naming `where`.
     """
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            return to_pixels(image, size, channels)  # loads: truncation fails here
-    except Exception as exc:  # PIL raises many types for a bad file
-        raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.")
+    with open_image(source, where) as image:
+        return to_pixels(image, size, channels)
 
 
 def to_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -89,59 +97,3 @@ def list_images(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def fetch(url: str, destination: Path) -> None:
-    """Download `url` (learn2learn 0.2.0's source for the file) to `destination`, renamed into
-    place only when whole. Not learn2learn's `download_file`: that one has no timeout (it can
-    hang offline) and saves an HTTP error page as the file."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            while block := response.read(1 << 20):
-                out.write(block)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def fetch_zip(url: str, folder: Path) -> None:
-    """Download a zip with `fetch` and unpack it into `folder`."""
-    archive = folder / (Path(url).name + ".download")
-    fetch(url, archive)
-    try:
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(folder)
-    finally:
-        archive.unlink(missing_ok=True)
-
-
-def data_folder(root: str, sub: str, names: list[str]) -> Path:
-    """`<root>/<sub>`, where meta-cli keeps (and downloads) a dataset's files, unless they are
-    all directly in `<root>` and not in the subfolder: where learn2learn puts mini-ImageNet's
-    and FC100's files, so a folder learn2learn filled is read as it is."""
-    base = Path(root).expanduser()
-    folder = base / sub
-    in_folder = any((folder / n).is_file() for n in names)
-    return base if not in_folder and all((base / n).is_file() for n in names) else folder
-
-
-def ensure_files(folder: Path, names: list[str], download: bool, get: Callable[[list[str]], None],
-                 title: str, what: str) -> None:
-    """Check that `folder` holds `names`; download the missing ones when allowed (`get`), else
-    one UserError naming the files and where they go. `what` describes the expected files."""
-    missing = [n for n in names if not (folder / n).is_file()]
-    reason = "dataset.download=false"
-    if missing and download:
-        reason = "the download did not give them"
-        try:
-            get(missing)
-        except Exception as exc:  # URLError, timeouts, a bad zip, a read-only root, ...
-            reason = f"download failed: {one_line(getattr(exc, 'reason', exc))}"
-        missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise UserError(
-            f"{title} files missing in {folder}: {', '.join(missing)} ({reason}). Put {what} "
-            f"in {folder}/, or point dataset.root (or META_CLI_DATA) at a folder that holds "
-            f"{folder.name}/."
-        )

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,9 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from meta_cli.atomic import write_atomic
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
-from meta_cli.data.image_files import one_line
+from meta_cli.atomic import atomic_file, write_atomic
+from meta_cli.data.cache import cache_dir
+from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.download import one_line
 from meta_cli.data.sampler import ClassSampler
 from meta_cli.errors import UserError
 
@@ -59,16 +58,6 @@ def _size_and_mtime(path: Path) -> tuple[int, int]:
     return info.st_size, info.st_mtime_ns
 
 
-def _cache_dir(name: str) -> Path:
-    folder = Path(os.environ.get("META_CLI_CACHE", "~/.cache/meta-cli")).expanduser() / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the cache folder {folder} ({one_line(exc)}); set "
-                        f"META_CLI_CACHE to a writable folder.")
-    return folder
-
-
 class PartCache:
     """The decoded images of one part, on disk as <key>.pt (the tensor) + <key>.json (index)."""
 
@@ -76,7 +65,7 @@ class PartCache:
         self.spec = spec
         stat = [(str(p.absolute()), *_size_and_mtime(p)) for p in spec.sources]
         key = hashlib.sha256(repr((CACHE_FORMAT, part, sorted(settings.items()), stat)).encode())
-        stem = _cache_dir(name) / f"{part}-{key.hexdigest()[:16]}"
+        stem = cache_dir(name) / f"{part}-{key.hexdigest()[:16]}"
         self.tensor_path, self.index_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
         self._images: torch.Tensor | None = None  # kept when built in this process
         self._index: tuple[list[str], list[int]] | None = None
@@ -110,19 +99,14 @@ class PartCache:
             raise
         except Exception as exc:  # malformed contents: KeyError, IndexError, TypeError, ...
             raise UserError(f"{self.spec.what}: {type(exc).__name__}: {one_line(exc)}; replace it.")
-        fd, tmp = tempfile.mkstemp(dir=self.tensor_path.parent, suffix=".part")
-        os.close(fd)
         try:
-            torch.save({"images": decoded.images}, tmp)
-            os.replace(tmp, self.tensor_path)  # parallel jobs may race here; each writes a whole file
+            with atomic_file(self.tensor_path) as f:  # parallel jobs may race; each writes a whole file
+                torch.save({"images": decoded.images}, f)
             index = {"classes": decoded.classes, "counts": decoded.counts}
             write_atomic(self.index_path, json.dumps(index).encode())
         except OSError as exc:
             raise UserError(f"cannot write the image cache {self.tensor_path} ({one_line(exc)}); "
                             f"free space or set META_CLI_CACHE to another folder.")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         self._images, self._index = decoded.images, (decoded.classes, decoded.counts)
         return decoded
 
@@ -165,21 +149,17 @@ class ImageTensorSource(TaskSource):
             raise UserError(f"the saved split names {len(unknown)} classes not in the {self.title} "
                             f"data at {self.folder} (e.g. {unknown[0]}): this checkpoint was "
                             f"trained on other files.")
-        self.images_per_class = {s: min((counts[c] for c in cs), default=0)
-                                 for s, cs in self.splits.items()}
+        self._images_per_class = {s: min((counts[c] for c in cs), default=0)
+                                  for s, cs in self.splits.items()}
         self.device = torch.device("cpu")
         self._pixels: dict[str, torch.Tensor] = {}
         self._samplers: dict[str, ClassSampler] = {}
 
-    def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
-        n = len(self.splits.get(split, []))
-        if ways > n:
-            raise UserError(f"{prefix}ways={ways} is more than the {n} classes of the {self.title} "
-                            f"{split} split; use {prefix}ways <= {n}.")
-        per_class = self.images_per_class.get(split, 0)
-        if shots + query > per_class:
-            raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images of the "
-                            f"smallest {self.title} {split} class; lower {shots_key(prefix)} or {prefix}query.")
+    def num_classes(self, split: Split) -> int:
+        return len(self.splits.get(split, []))
+
+    def images_per_class(self, split: Split) -> int:
+        return self._images_per_class.get(split, 0)
 
     def to(self, device: torch.device) -> "ImageTensorSource":
         self.device = torch.device(device)

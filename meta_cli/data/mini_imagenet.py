@@ -19,7 +19,8 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from meta_cli.data.image_files import data_folder, ensure_files, fetch, read_pickle
+from meta_cli.data.download import data_folder, ensure_files, fetch
+from meta_cli.data.image_files import read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.errors import UserError
 from meta_cli.params import Ge

@@ -21,10 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
+from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.cache import cache_dir
 from meta_cli.data.omniglot_files import IMAGE_SIZE, ensure_zips, list_characters, load_images
 from meta_cli.data.sampler import Affine, ClassSampler
 from meta_cli.errors import UserError
@@ -95,6 +95,7 @@ class Omniglot(TaskSource):
         self.rotations, self.flips, self.augment = rotations, flips, augment
         self.affine = Affine(augment_degrees, augment_scale, augment_shift, augment_shear)
         self.zips = ensure_zips(self.folder, VARIANT_FILES[variant], download)
+        cache_dir("omniglot")  # an unwritable cache is refused here, in the pre-flight
         counts: dict[str, int] = {}
         for z in self.zips:
             for character, members in list_characters(z).items():
@@ -106,7 +107,8 @@ class Omniglot(TaskSource):
                 f"the saved split names {len(unknown)} characters not in {self.folder} "
                 f"(e.g. {unknown[0]}): this checkpoint was trained on other Omniglot files."
             )
-        self.images_per_class = {s: min(counts[c] for c in chars) for s, chars in self.splits.items()}
+        self._images_per_class = {s: min(counts[c] for c in chars) for s, chars in self.splits.items()}
+        self.title = f"omniglot {variant}"
         self.device = torch.device("cpu")
         self._samplers: dict[str, ClassSampler] = {}
 
@@ -115,19 +117,8 @@ class Omniglot(TaskSource):
             return len(self.splits[split])
         return len(self.splits[split]) * (4 if self.rotations else 1) * (2 if self.flips else 1)
 
-    def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
-        n = self.num_classes(split)
-        if ways > n:
-            raise UserError(
-                f"{prefix}ways={ways} is more than the {n} classes of the omniglot "
-                f"{self.variant} {split} split; use {prefix}ways <= {n}."
-            )
-        per_class = self.images_per_class[split]
-        if shots + query > per_class:
-            raise UserError(
-                f"shots + query = {shots} + {query} is more than the {per_class} images per class "
-                f"of omniglot; lower {shots_key(prefix)} or {prefix}query."
-            )
+    def images_per_class(self, split: Split) -> int:
+        return self._images_per_class[split]
 
     def to(self, device: torch.device) -> "Omniglot":
         self.device = torch.device(device)

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import os
-import tempfile
-import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
@@ -14,6 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from meta_cli.atomic import atomic_file
+from meta_cli.data.cache import cache_dir
+from meta_cli.data.download import ensure_files, fetch, one_line
+from meta_cli.data.image_files import open_image
 from meta_cli.errors import UserError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
@@ -28,48 +28,12 @@ IMAGE_SIZE = 28
 CACHE_FORMAT = 1
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _download(name: str, folder: Path) -> None:
-    """Fetch one official zip into `folder`, md5-checked, renamed into place only when whole."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(URL.format(name=name), timeout=30) as r:
-            while block := r.read(1 << 20):
-                out.write(block)
-        if md5(Path(tmp)) != MD5[name]:
-            raise OSError(f"md5 mismatch for the downloaded {name}")
-        os.replace(tmp, folder / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def ensure_zips(folder: Path, names: list[str], download: bool) -> list[Path]:
-    """Paths of the zips, downloading the missing ones when allowed; else one clear error."""
-    missing = [n for n in names if not (folder / n).is_file()]
-    reason = "dataset.download=false"
-    if missing and download:
-        try:
-            for name in missing:
-                _download(name, folder)
-            missing = []
-        except (OSError, ValueError) as exc:  # URLError is an OSError; so is a read-only root
-            reason = f"download failed: {getattr(exc, 'reason', exc)}"
-    if missing:
-        raise UserError(
-            f"Omniglot files missing in {folder}: {', '.join(missing)} ({reason}). "
-            f"Put the official zips there (from {SOURCE_PAGE}), or point dataset.root "
-            f"(or META_CLI_DATA) at a folder that holds omniglot/."
-        )
-    return [folder / n for n in names]
+    """Paths of the zips, downloading (md5-checked) the missing ones when allowed; else one
+    clear error."""
+    return ensure_files(folder, names, download,
+                        lambda missing: [fetch(URL.format(name=n), folder / n, MD5[n]) for n in missing],
+                        "Omniglot", f"the official zips (from {SOURCE_PAGE})")
 
 
 def list_characters(zip_path: Path) -> dict[str, list[str]]:
@@ -110,17 +74,16 @@ def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
 def decode(data: bytes, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """Image file bytes -> `preprocess`ed (size, size) uint8; a bad file is a UserError
     naming `where`."""
-    try:
-        return preprocess(Image.open(io.BytesIO(data)), size)
-    except Exception as exc:  # PIL raises many types for a bad file
-        raise UserError(f"cannot decode image {where}: {exc}")
+    with open_image(data, where) as image:
+        try:
+            return preprocess(image, size)
+        except Exception as exc:  # PIL raises many types for a bad image
+            raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.") from None
 
 
 def _cache_dir() -> Path:
     """META_CLI_CACHE or ~/.cache/meta-cli: never beside the zips, which may be shared."""
-    folder = Path(os.environ.get("META_CLI_CACHE", "~/.cache/meta-cli")).expanduser() / "omniglot"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return cache_dir("omniglot")
 
 
 def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndarray]]:
@@ -149,13 +112,7 @@ def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndar
                 offsets.append(len(images))
     tensor = torch.from_numpy(np.stack(images))
     blob = {"images": tensor, "characters": characters, "offsets": torch.tensor(offsets)}
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, cache)  # parallel jobs may race here; each writes a whole file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(cache) as f:  # parallel jobs may race here; each writes a whole file
+        torch.save(blob, f)
     groups = [np.arange(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
     return tensor, characters, groups

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.base import DATASET_KEYS, Episode, Split, TaskSource, episode_rng
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -36,9 +36,10 @@ class Sinusoid(TaskSource):
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
         self.device = torch.device("cpu")
 
-    def check(self, split: Split, ways: int, shots: int, query: int, prefix: str) -> None:
+    def check(self, split: Split, ways: int, shots: int, query: int,
+              keys: dict[str, str] = DATASET_KEYS, use: str = "", hint: str = "") -> None:
         if ways != 1:
-            raise UserError(f"{prefix}ways does not apply to sinusoid regression; leave it unset.")
+            raise UserError(f"{keys['ways']} does not apply to sinusoid regression; leave it unset.")
 
     def to(self, device: torch.device) -> "Sinusoid":
         self.device = torch.device(device)

@@ -18,7 +18,8 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from meta_cli.data.image_files import decode_image, ensure_files, fetch, read_pickle
+from meta_cli.data.download import ensure_files, fetch
+from meta_cli.data.image_files import decode_image, read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.data.mini_imagenet import MEAN, STD
 from meta_cli.errors import UserError
