@@ -1,10 +1,13 @@
 """Compose the run's objects from a config, checking it first.
 
-Used by the CLI before anything starts (so a bad sweep fails before its first job), by
-`train` and by `eval` (with the config stored in a checkpoint).
+`check_train` is the pre-flight of one training job: the data's splits against the episode
+settings, each component's own `check` against the config (`Algorithm.check`,
+`Backbone.check`), all without building a model or decoding a dataset. `build_train` runs
+the same checks in the job and then instantiates. `eval` builds from a checkpoint's config.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,19 +15,14 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from meta_cli import workers
-from meta_cli.algorithms.base import Algorithm
-from meta_cli.data.base import TaskSource
+from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.data.base import DATASET_KEYS, TaskSource
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings
+from meta_cli.evaluation import EvalSettings, head_ways
 from meta_cli.loop import TrainSettings
-from meta_cli.validation import check_keys, check_node
-
-GROUPS = ("algorithm", "dataset", "backbone", "device")
-TRAIN_KEYS = {*GROUPS, "train", "eval", "seed", "resume", "logger"}
+from meta_cli.validation import TRAIN_GROUPS, check_config, check_node, plain
 
 
 def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:
@@ -37,16 +35,6 @@ def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:
         raise
 
 
-def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Resolve interpolations into a plain dict; a failing interpolation is a UserError."""
-    if isinstance(cfg, dict):
-        return cfg
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise UserError(f"cannot resolve the config: {str(exc).splitlines()[0]}")
-
-
 @dataclass
 class Run:
     config: dict[str, Any]
@@ -55,55 +43,77 @@ class Run:
     device: torch.device
 
 
-def build_model(config: dict[str, Any], source: TaskSource) -> Algorithm:
-    get_object(config["algorithm"]["_target_"]).check_task(source.task)  # before the backbone
-    backbone = instantiate(config["backbone"], input_shape=source.input_shape)
-    outputs = source.ways if source.task == "classification" else 1
-    return instantiate(config["algorithm"], backbone=backbone, task=source.task, outputs=outputs)
+def _arguments(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if not k.startswith("_")}
 
 
-def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None) -> Run:
-    """Check every group node and cross-constraint, then instantiate (data stays lazy)."""
-    for group in GROUPS:
+def outputs_of(task: Task, ways: int) -> int:
+    return ways if task == "classification" else 1
+
+
+def check_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...]) -> None:
+    """The algorithm's and the backbone's own checks, on the config alone."""
+    get_object(config["algorithm"]["_target_"]).check(task, **_arguments(config["algorithm"]))
+    get_object(config["backbone"]["_target_"]).check(input_shape, **_arguments(config["backbone"]))
+
+
+def build_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...], ways: int) -> Algorithm:
+    """The algorithm on its backbone, for data of `task` and `input_shape` with `ways` ways."""
+    check_model(config, task, input_shape)
+    backbone = instantiate(config["backbone"], input_shape=input_shape)
+    return instantiate(config["algorithm"], backbone=backbone, task=task, outputs=outputs_of(task, ways))
+
+
+def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None,
+          source: TaskSource | None = None) -> Run:
+    """Check every group node, then instantiate (data stays lazy); `source`: already opened."""
+    for group in TRAIN_GROUPS:
         check_node(config[group], group)
     device = instantiate(config["device"])
-    source: TaskSource = instantiate(config["dataset"], splits=splits)
-    algorithm = build_model(config, source)
+    if source is None:
+        source = instantiate(config["dataset"], splits=splits)
+    algorithm = build_model(config, source.task, source.input_shape, source.ways)
     return Run(config, source, algorithm, device)
 
 
-def check_seed(config: dict[str, Any]) -> int:
-    check_keys(config, TRAIN_KEYS, "")
-    missing = sorted(TRAIN_KEYS - set(config))
-    if missing:
-        raise UserError(f"config key '{missing[0]}' is missing (removed with ~?); it is required.")
-    seed = config["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UserError(f"seed must be an integer >= 0; got {seed!r}.")
-    return seed
+def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = None) -> tuple[TrainSettings, EvalSettings]:
+    """Everything a training job checks before its first step, without building a model.
 
-
-def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, EvalSettings]:
-    config = plain(cfg)
-    check_seed(config)
-    check_node(config["train"], "train")
-    check_node(config["eval"], "eval")
-    check_node(config["logger"], "logger")
-    run = build(config)
-    source = run.source
+    `sources` caches the datasets by config across the jobs of a sweep: each is opened once
+    (its file listing read, its images decoded into the cache at most once).
+    """
+    check_config("train", config)
+    sources = {} if sources is None else sources
+    key = json.dumps(config["dataset"], sort_keys=True)
+    if key not in sources:
+        sources[key] = instantiate(config["dataset"])
+    source = sources[key]
+    instantiate(config["device"])  # device=cuda without a GPU
+    check_model(config, source.task, source.input_shape)
+    algorithm = get_object(config["algorithm"]["_target_"])
     settings: TrainSettings = instantiate(config["train"])
     if settings.ways is not None:
         if source.task != "classification":
             raise UserError("train.ways applies to classification only; leave it null.")
-        if run.algorithm.fixed_ways and settings.ways != source.ways:
-            raise UserError(f"train.ways={settings.ways} but {type(run.algorithm).__name__}'s output "
-                            f"layer has dataset.ways={source.ways} outputs; leave train.ways null.")
-    if settings.ways is not None or settings.query is not None:
-        source.check("train", settings.ways or source.ways, source.shots, settings.query or source.query,
-                     prefix="train.")
-    source.check("train", source.ways, source.shots, source.query, prefix="dataset.")
-    source.check("val", source.ways, source.shots, source.query, prefix="dataset.")
-    workers.resolve(settings.workers, run.algorithm, settings.meta_batch_size, run.device.type)  # checks
+        if algorithm.fixed_ways and settings.ways != source.ways:
+            raise UserError(f"train.ways={settings.ways} but {algorithm.__name__}'s output layer has "
+                            f"dataset.ways={source.ways} outputs; leave train.ways null.")
+    training = {"ways": "train.ways" if settings.ways is not None else "dataset.ways",
+                "shots": "dataset.shots",
+                "query": "train.query" if settings.query is not None else "dataset.query"}
+    source.check("train", settings.ways or source.ways, source.shots, settings.query or source.query,
+                 keys=training, use="meta-training")
+    source.check("val", source.ways, source.shots, source.query, keys=DATASET_KEYS, use="validation")
     evaluation: EvalSettings = instantiate(config["eval"])
-    evaluation.settings(run.algorithm, run.source)
+    outputs = outputs_of(source.task, source.ways)
+    evaluation.settings(source, outputs if algorithm.fixed_ways else None, algorithm.__name__)
+    return settings, evaluation
+
+
+def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, EvalSettings]:
+    config = plain(cfg)
+    sources: dict[str, TaskSource] = {}
+    settings, evaluation = check_train(config, sources)
+    run = build(config, source=next(iter(sources.values())))
+    evaluation.settings(run.source, head_ways(run.algorithm), type(run.algorithm).__name__)
     return run, settings, evaluation

@@ -12,14 +12,12 @@ import io
 import json
 import pickle
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from meta_cli import stopping
 from meta_cli.atomic import write_atomic
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, warn
 
 FORMAT = "meta-cli-checkpoint/1"
 STEP_NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -31,10 +29,6 @@ def step_name(iteration: int) -> str:
 
 def manifest_path(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def warn(message: str) -> None:
-    print(f"meta-cli: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _write_error(path: Path, exc: OSError) -> UserError:
@@ -51,18 +45,25 @@ def _write_error(path: Path, exc: OSError) -> UserError:
 
 
 def save(payload: dict[str, Any], path: Path) -> None:
-    """Write `path` and then its manifest; any OSError is one UserError, nothing half-written."""
+    """Write `path` and then its manifest; any OSError is one UserError, nothing half-written.
+
+    SIGINT/SIGTERM arriving meanwhile are held until both are written (`stopping.deferred`):
+    a second Ctrl-C must not leave a checkpoint without its manifest.
+    """
+    import torch  # here: the CLI lists and names checkpoints before torch is loaded
+
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
     manifest = {"format": FORMAT, "file": path.name, "iteration": payload.get("iteration"),
                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # An older manifest must not vouch for the file while it is being replaced.
-        manifest_path(path).unlink(missing_ok=True)
-        write_atomic(path, data)
-        write_atomic(manifest_path(path), json.dumps(manifest, indent=1).encode())
+        with stopping.deferred():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # An older manifest must not vouch for the file while it is being replaced.
+            manifest_path(path).unlink(missing_ok=True)
+            write_atomic(path, data)
+            write_atomic(manifest_path(path), json.dumps(manifest, indent=1).encode())
     except OSError as exc:
         raise _write_error(path, exc) from exc
 
@@ -101,11 +102,17 @@ def verify(p: Path, require_manifest: bool) -> bool:
 
 def load(path: str | Path, require_manifest: bool = False) -> dict[str, Any]:
     """Load a meta-cli checkpoint safely; any problem is one UserError naming the file."""
+    import torch
+
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist; pass checkpoint=<run dir>/checkpoints/best.pt.")
     if p.is_dir():
-        raise UserError(f"checkpoint {p} is a directory; pass the .pt file, e.g. {p}/checkpoints/best.pt.")
+        inside = next((c for c in (p / "best.pt", p / "checkpoints" / "best.pt", p / "last.pt",
+                                   p / "checkpoints" / "last.pt") if c.is_file()), None)
+        hint = (f"did you mean checkpoint={inside}?" if inside else
+                "pass a .pt file, e.g. <run dir>/checkpoints/best.pt.")
+        raise UserError(f"checkpoint {p} is a directory; {hint}")
     if p.stat().st_size == 0:
         raise UserError(f"checkpoint {p} is empty (0 bytes): an interrupted copy? Use another checkpoint.")
     verified = verify(p, require_manifest)
@@ -133,13 +140,24 @@ def steps(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def latest_committed(folder: Path) -> tuple[int, Path] | None:
+    """The newest step checkpoint with a manifest (not verified: for messages)."""
+    return next(((i, p) for i, p in steps(folder) if manifest_path(p).exists()), None)
+
+
 def latest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest committed step checkpoint that passes every check; warns for each one skipped."""
+    """The newest committed step checkpoint that passes every check; warns for each newer one
+    skipped on the way to it (when there is none, the caller says why in its error)."""
+    skipped = []
     for _, p in steps(folder):
         try:
-            return p, load(p, require_manifest=True)
+            found = p, load(p, require_manifest=True)
         except UserError as exc:
-            warn(f"{exc} Falling back to the previous checkpoint.")
+            skipped.append(str(exc))
+            continue
+        for reason in skipped:
+            warn(f"{reason} Falling back to the previous checkpoint.")
+        return found
     return None
 
 

@@ -1,16 +1,21 @@
 """`meta-cli`: one Hydra app per subcommand, behind a small dispatcher.
 
 Hydra has no subcommands, so `meta-cli train ...` hands the rest of the command line to the
-`train` app. Before that, the whole command line (every job of a sweep) is validated, so a
-bad value stops with one line before any work starts.
+`train` app. Before that, the whole command line (every job of a sweep) goes through the
+pre-flight (`meta_cli.preflight`), so a bad value stops with one line before any work starts.
+
+Imports are deferred to where a command needs them: torch, learn2learn, pandas and
+matplotlib cost seconds to load, and a misspelled key is refused without any of them.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, warn
 
 COMMANDS = {
     "train": ("meta_cli.apps.train", "train", "meta-train a model; writes checkpoints, metrics.csv, accuracy.csv"),
@@ -21,7 +26,9 @@ COMMANDS = {
 }
 USAGE = """usage: meta-cli <command> [-m] [key=value ...] [hydra options]
 
-Few-shot meta-learning experiments (MAML, ProtoNet) on learn2learn, configured with Hydra.
+Few-shot meta-learning experiments on learn2learn, configured with Hydra: optimisation-based
+(MAML, first-order MAML, Meta-SGD, ANIL, Reptile) and metric-based (ProtoNet, MetaOptNet,
+Matching Networks) learners.
 
 commands:
 {commands}
@@ -34,14 +41,14 @@ examples:
   meta-cli report outputs/multirun/<date>/<time>
   meta-cli train --help        (config groups and options of one command)
 """
-# Hydra flags that take a value; flags that print instead of running a job, or that change
-# where configs come from (the check composes the packaged configs only): no pre-check.
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--cfg", "-c",
-              "--resolve", "--shell-completion",
-              "-sc", "--experimental-rerun", "--config-name", "-cn", "--config-path", "-cp",
-              "--config-dir", "-cd"}
+#: Flags that print instead of running a job: the overrides are still checked (one line on a
+#: bad key), but nothing is loaded, built or written.
+INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p"}
+#: Flags after which Hydra neither composes the overrides nor runs a job, or which point Hydra
+#: at other configs than the packaged ones the pre-flight composes: no pre-flight.
+UNCHECKED_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc",
+                   "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                   "--experimental-rerun"}
 
 
 def _usage() -> str:
@@ -49,21 +56,43 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(f"  {n.ljust(width)}  {d}" for n, (_, _, d) in COMMANDS.items()))
 
 
-def _overrides(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in VALUE_FLAGS:
-            skip = True
-        elif not a.startswith("-"):
-            out.append(a)
-    return out
-
-
 def _error(message: str, code: int) -> int:
     print(f"meta-cli: error: {message}", file=sys.stderr)
     return code
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Library warnings (PIL, matplotlib, torch) as one `meta-cli: warning:` line each, without
+    the library's file path and source line."""
+    warn(" ".join(str(message).split()))
+
+
+def _preflight(command: str, args: list[str]) -> list[str]:
+    """Check the command line; returns it (train: with `resume=` expanded). UserError on a fault."""
+    from meta_cli import lock
+    from meta_cli.preflight import check_plugins, check_writable, compose_jobs, split_args
+
+    flags = set(split_args(args)[0])
+    if flags & UNCHECKED_FLAGS:
+        return args
+    info = bool(flags & INFO_FLAGS)
+    if command == "train" and not info:
+        from meta_cli.resume import resume_args
+
+        args = resume_args(args)
+    _, overrides = split_args(args)
+    multirun = "-m" in flags or "--multirun" in flags
+    check_plugins(overrides)
+    configs = compose_jobs(command, overrides)
+    if info:
+        return args
+    importlib.import_module(COMMANDS[command][0]).precheck(configs)
+    check_writable(overrides, multirun)
+    resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
+    if command == "train" and any(o.startswith("resume=") for o in overrides) and resumed:
+        # Before Hydra rewrites <run>/.hydra: a run dir another process trains in is refused here.
+        lock.acquire(Path(resumed[-1]))
+    return args
 
 
 def run(argv: list[str]) -> int:
@@ -78,30 +107,27 @@ def run(argv: list[str]) -> int:
     if command not in COMMANDS:
         return _error(f"unknown command '{command}' (choose from: {', '.join(COMMANDS)}); "
                       f"see 'meta-cli --help'.", 2)
+    warnings.showwarning = _one_line_warnings
+    # conf/hydra/launcher/<name>.yaml shares its name with the plugin's schema on purpose (Hydra
+    # then checks the preset against it) and Hydra warns that this matching is deprecated.
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
     module_name, config_name, _ = COMMANDS[command]
-    module = importlib.import_module(module_name)
     if config_name is None:  # a plain command, not a Hydra app
         try:
-            return module.main(args)
+            return importlib.import_module(module_name).main(args)
         except UserError as exc:
             return _error(str(exc), 1)
-    from meta_cli.job import FAILED  # noqa: F401 (also installs the job's warning filters)
-    from meta_cli.precheck import check_plugins, check_writable, precheck
-    from meta_cli.resume import resume_args
+    try:
+        args = _preflight(command, args)
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        return _error(str(exc), 1)
+    module = importlib.import_module(module_name)
+    from meta_cli.job import FAILED
+    from meta_cli.summary import SWEEP_DIRS, summary, write_summary
 
-    if not INFO_FLAGS.intersection(args):
-        try:
-            if command == "train":
-                args = resume_args(args)
-            check_plugins(_overrides(args))
-            precheck(config_name, _overrides(args), module.precheck)
-            check_writable(_overrides(args), "-m" in args or "--multirun" in args)
-        except UserError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            return _error(str(exc), 1)
     sys.argv = [f"meta-cli {command}", *args]
-    from meta_cli.summary import SWEEP_DIRS, write_summary
     try:
         module.main()
     finally:
@@ -109,11 +135,13 @@ def run(argv: list[str]) -> int:
         # jobs of a parallel launcher fail in other processes, so read their status.json.
         failed_jobs = 0
         for sweep in (d for d in SWEEP_DIRS if d.is_dir()):
-            jobs = write_summary(sweep).drop_duplicates("job")
-            failed = int((jobs["status"] != "ok").sum())
-            failed_jobs += failed
-            print(f"meta-cli: {len(jobs) - failed} of {len(jobs)} jobs ok"
-                  + (f", {failed} failed" if failed else "")
+            frame = summary(sweep)
+            write_summary(sweep, frame=frame)
+            states = frame.drop_duplicates("job")["status"].value_counts()
+            ok = int(states.get("ok", 0))
+            failed_jobs += int(states.sum()) - ok
+            others = ", ".join(f"{n} {s}" for s, n in states.items() if s != "ok")
+            print(f"meta-cli: {ok} of {int(states.sum())} jobs ok" + (f", {others}" if others else "")
                   + f"; summary: {sweep / 'summary.csv'} (meta-cli report {sweep})",
                   file=sys.stderr, flush=True)
     if FAILED or failed_jobs:

@@ -1,5 +1,20 @@
-"""Errors a user can fix: the CLI prints them as one line, without a traceback."""
+"""Errors a user can fix, and warnings: the CLI prints each as one line, without a traceback."""
+from __future__ import annotations
+
+import sys
 
 
 class UserError(Exception):
     """Bad input (config, data, checkpoint): the message says what is wrong and what to do."""
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """`meta-cli: warning: <message>` on stderr, once per process: the pre-flight and the job
+    both load a checkpoint, and its warning must not be printed twice."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    print(f"meta-cli: warning: {message}", file=sys.stderr, flush=True)

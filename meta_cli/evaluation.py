@@ -29,23 +29,38 @@ class EvalSettings:
     shots: Shots = None
     query: Annotated[int, Ge(1)] | None = None
 
-    def settings(self, algorithm: Algorithm, source: TaskSource) -> list[tuple[int, int, int]]:
-        """The (ways, shots, query) to evaluate; raises UserError for ones that cannot work."""
+    def settings(self, source: TaskSource, head_ways: int | None = None,
+                 name: str = "model") -> list[tuple[int, int, int]]:
+        """The (ways, shots, query) to evaluate; raises UserError for ones that cannot work.
+        `head_ways`: the number of ways a model's output layer fixes (MAML's head), None when
+        any number works; `name` names the algorithm in that message."""
         ways = _as_list(self.ways, source.ways)
         shots = _as_list(self.shots, source.shots)
         query = self.query if self.query is not None else source.query
         if source.task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
-        if algorithm.fixed_ways and any(w != algorithm.outputs for w in ways):
+        if head_ways is not None and any(w != head_ways for w in ways):
             raise UserError(
-                f"eval.ways={self.ways} but this {type(algorithm).__name__} model has a "
-                f"{algorithm.outputs}-way output layer: its head size is fixed by the training "
-                f"ways. Use eval.ways={algorithm.outputs}, or a metric algorithm such as protonet."
+                f"eval.ways={self.ways} but this {name} model has a {head_ways}-way output layer: its "
+                f"head size is fixed by the training ways. Use eval.ways={head_ways}, or a metric "
+                f"algorithm such as protonet."
             )
         combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
+        keys = {"ways": "eval.ways" if self.ways is not None else "dataset.ways",
+                "shots": "eval.shots" if self.shots is not None else "dataset.shots",
+                "query": "eval.query" if self.query is not None else "dataset.query"}
+        defaults = [k for k in ("ways", "shots", "query") if keys[k].startswith("dataset.")]
+        hint = (f"Meta-testing takes {', '.join(keys[k] for k in defaults)} unless "
+                f"{', '.join('eval.' + k for k in defaults)} {'is' if len(defaults) == 1 else 'are'} set."
+                if defaults else "")
         for w, s, q in combos:
-            source.check(self.split, w, s, q, prefix="eval.")
+            source.check(self.split, w, s, q, keys=keys, use="meta-testing", hint=hint)
         return combos
+
+
+def head_ways(algorithm: Algorithm) -> int | None:
+    """The ways an algorithm's output layer fixes, or None (`EvalSettings.settings`)."""
+    return algorithm.outputs if algorithm.fixed_ways else None
 
 
 def _as_list(value: int | list[int] | None, default: int) -> list[int]:

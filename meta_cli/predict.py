@@ -20,7 +20,6 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Hashable, Sequence, Union
 
 import numpy as np
@@ -204,8 +203,7 @@ def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple
                         f"(e.g. one trained with dataset=omniglot).")
     preprocessing = _preprocessing(payload, path)
     ways = config["dataset"].get("ways", inspect.signature(dataset).parameters["ways"].default)
-    stand_in = SimpleNamespace(task=dataset.task, input_shape=input_shape(preprocessing), ways=ways)
-    return build_model(config, stand_in), preprocessing  # type: ignore[arg-type]
+    return build_model(config, dataset.task, input_shape(preprocessing), ways), preprocessing
 
 
 def _preprocessing(payload: dict[str, Any], path: Path) -> dict[str, Any]:

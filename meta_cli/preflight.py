@@ -1,8 +1,11 @@
-"""Validate a command line before Hydra runs anything.
+"""The pre-flight: a command line is checked before Hydra runs anything.
 
-Composes the config with Hydra's compose API for every combination of a sweep, then runs
-the same checks the job runs. Hydra's own composition errors (a misspelled key, an unknown
-group option) are turned into one line that names the key and what is allowed.
+Every job of a sweep is composed with Hydra's compose API and its config validated
+(`meta_cli.validation`: keys, types, ranges; no torch, so this takes a second). Hydra's own
+composition errors (a misspelled key, an unknown group option) become one line that names the
+key and what is allowed. The command's own checks (`precheck` in each app: data against the
+settings, checkpoints, images) then run on the composed configs. Run-level checks live here
+too: the run dir must be writable, a launcher's plugin installed.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import itertools
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -20,8 +23,27 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import OmegaConf
 
 from meta_cli.errors import UserError
+from meta_cli.validation import check_config, plain
 
 MAX_COMBINATIONS = 256
+# Hydra flags that take a value.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """A command line's Hydra flags (with their values) and its overrides."""
+    flags, overrides, value = [], [], False
+    for a in args:
+        if value:
+            flags.append(a)
+            value = False
+        elif a.startswith("-"):
+            flags.append(a)
+            value = a in VALUE_FLAGS
+        else:
+            overrides.append(a)
+    return flags, overrides
 
 
 def _combinations(overrides: list[str]) -> list[list[str]]:
@@ -86,14 +108,21 @@ def _check_search_space(config_name: str, overrides: list[str]) -> None:
                             f"hydra.sweeper.params.")
 
 
-def precheck(config_name: str, overrides: list[str], check: Callable) -> None:
-    """Raise UserError for the first override combination that fails `check(cfg)`."""
+def compose_jobs(command: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """Every job's config (up to MAX_COMBINATIONS), composed and validated; the first fault is
+    a UserError."""
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
-        for combo in _combinations(overrides):
-            check(_compose(config_name, combo))
-        _check_search_space(config_name, overrides)
-    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
+            configs = []
+            for combo in _combinations(overrides):
+                config = plain(_compose(command, combo))
+                check_config(command, config)
+                configs.append(config)
+            _check_search_space(command, overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    return configs
 
 
 def check_writable(overrides: list[str], multirun: bool) -> None:

@@ -7,13 +7,16 @@ run dir that already holds checkpoints (a SLURM requeue) resumes without being t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from meta_cli import checkpoint
 from meta_cli.errors import UserError
+from meta_cli.preflight import split_args
+
+if TYPE_CHECKING:
+    import torch
 
 #: Settings that may differ between the checkpoint and the resuming command: where the data
 #: lies, the device, the progress bar, the logger. Anything else changes the experiment.
@@ -82,8 +85,37 @@ def find(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | Non
     folder = run_dir / "checkpoints"
     found = checkpoint.latest_valid(folder) if folder.is_dir() else None
     if found is None and (resume is not None or (folder.is_dir() and checkpoint.steps(folder))):
-        raise UserError(f"no valid checkpoint to resume in {folder}; start a new run instead.")
+        raise UserError(_nothing_to_resume(folder))
     return found
+
+
+def _nothing_to_resume(folder: Path) -> str:
+    """Why a run dir cannot be resumed, and what to do instead."""
+    found = checkpoint.steps(folder)
+    if not found:
+        return f"no step checkpoint to resume in {folder}; start a new run instead."
+    newest = found[0][1]
+    if not checkpoint.manifest_path(newest).exists():
+        return (f"no committed checkpoint to resume in {folder}: {newest.name} has no manifest (the run "
+                f"stopped between writing it and committing it, so its integrity is unchecked). To "
+                f"resume from it anyway: meta-cli train resume={newest} (it is loaded only if it reads "
+                f"as a whole meta-cli checkpoint); or start a new run.")
+    try:
+        checkpoint.load(newest, require_manifest=True)
+        reason = "it could not be loaded"
+    except UserError as exc:
+        reason = str(exc).rstrip(".")
+    return (f"no valid checkpoint to resume in {folder}: the newest, {reason}, and no older one "
+            f"passes its checks either; start a new run instead.")
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Overrides in order with one entry per key: a later value replaces an earlier one in its
+    place, so replaying a run's overrides with the new command's never repeats a key."""
+    merged: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        merged[override.split("=", 1)[0].lstrip("+~")] = override
+    return list(merged.values())
 
 
 def resume_args(args: list[str]) -> list[str]:
@@ -114,6 +146,6 @@ def resume_args(args: list[str]) -> list[str]:
         replay = [o for o in yaml.safe_load(stored.read_text()) or [] if not o.startswith("resume=")]
     except (yaml.YAMLError, AttributeError, TypeError) as exc:
         raise UserError(f"resume={path}: {stored} is unreadable ({exc}).")
-    rest = [a for a in args if not a.startswith("resume=")]
+    flags, rest = split_args([a for a in args if not a.startswith("resume=")])
     quote = lambda p: "'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
-    return [*replay, *rest, f"resume={quote(path)}", f"hydra.run.dir={quote(run)}"]
+    return [*flags, *merge_overrides(replay, rest, [f"resume={quote(path)}", f"hydra.run.dir={quote(run)}"])]

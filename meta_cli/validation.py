@@ -1,63 +1,96 @@
-"""Config validation against the constructors the config maps onto.
+"""Config validation: every node against the constructor it maps onto, the top level against
+the command's keys.
 
 Each config node with a `_target_` is checked against that callable's signature: every key
 must be a parameter (else: unknown key, with the allowed keys listed), every value must
 match the parameter's type hint, and `Annotated` range markers (`meta_cli.params`) must
 hold. Constructor arguments supplied at run time (a backbone module, the number of
 outputs) are listed in the target's `injected` attribute and are not config keys.
+
+Nothing here imports torch: signatures are read from source (`meta_cli.signatures`), so a
+misspelled key or a value out of range is refused within a second, for every job of a sweep,
+before anything is built. Checks that need the data or the other components (ways against a
+split's classes, an algorithm against the dataset's task) are `meta_cli.build.check_train`'s.
 """
 from __future__ import annotations
 
-import inspect
 import types
 import typing
 from typing import Any, Literal, Union
 
-from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from meta_cli.errors import UserError
 from meta_cli.params import Ge, Gt
+from meta_cli.signatures import signature
 
 _NUMBER_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
+#: The top-level keys of each command's config.
+TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
+COMMAND_KEYS = {
+    "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "logger"},
+    "eval": {"checkpoint", "data_root", "eval", "device"},
+    "predict": {"checkpoint", "support", "query", "device"},
+}
+#: Nodes of each command checked against their constructors.
+COMMAND_NODES = {
+    "train": (*TRAIN_GROUPS, "train", "eval", "logger"),
+    "eval": ("eval", "device"),
+    "predict": ("device",),
+}
+#: Keys a command cannot run without, and an example of each.
+REQUIRED = {
+    "eval": {"checkpoint": "meta-cli eval checkpoint=outputs/<date>/<time>/checkpoints/best.pt"},
+    "predict": {k: "meta-cli predict checkpoint=PATH support=DIR query=DIR"
+                for k in ("checkpoint", "support", "query")},
+}
 
-def _describe(hint: Any) -> str:
+
+def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Resolve interpolations into a plain dict; a failing interpolation is a UserError."""
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise UserError(f"cannot resolve the config: {str(exc).splitlines()[0]}")
+
+
+def describe(hint: Any) -> str:
     """Human words for a type hint, e.g. 'an integer >= 2' or 'one of: cpu, cuda'."""
     origin = typing.get_origin(hint)
     if origin is typing.Annotated:
         base, *markers = typing.get_args(hint)
         bounds = " and ".join(str(m) for m in markers if isinstance(m, (Gt, Ge)))
-        return f"{_describe(base)} {bounds}".strip()
+        return f"{describe(base)} {bounds}".strip()
     if origin is Literal:
         return "one of: " + ", ".join(str(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
+        return " or ".join(describe(a) for a in typing.get_args(hint))
     if origin in (list, tuple, typing.Sequence):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+        return f"a list of {describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
     if hint is type(None):
         return "null"
     return _NUMBER_KINDS.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
     if origin is typing.Annotated:
         base, *markers = typing.get_args(hint)
-        return _matches(value, base) and all(
-            m.ok(value) for m in markers if isinstance(m, (Gt, Ge))
-        )
+        return matches(value, base) and all(m.ok(value) for m in markers if isinstance(m, (Gt, Ge)))
     if origin is Literal:
         return value in typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(hint))
+        return any(matches(value, a) for a in typing.get_args(hint))
     if origin in (list, tuple, typing.Sequence):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and (
-            not args or all(_matches(v, args[0]) for v in value)
-        )
+        return isinstance(value, (list, tuple)) and (not args or all(matches(v, args[0]) for v in value))
     if hint is type(None):
         return value is None
     if hint is float:  # YAML writes 1 for 1.0; a bool is not a number
@@ -69,39 +102,22 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
-def constructor_hints(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
-    """The config-settable parameters of `target` and their type hints."""
-    func = target.__init__ if inspect.isclass(target) else target
-    injected = set(getattr(target, "injected", ()))
-    params = {
-        name: p
-        for name, p in inspect.signature(func).parameters.items()
-        if name != "self" and name not in injected
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    return params, typing.get_type_hints(func, include_extras=True)
-
-
 def check_node(node: dict[str, Any], path: str) -> None:
     """Validate one config node against its `_target_`; raise UserError on the first fault."""
     if not isinstance(node, dict) or "_target_" not in node:
         raise UserError(f"'{path}' must be a config group node with a _target_, got {node!r}.")
-    target = get_object(node["_target_"])
-    params, hints = constructor_hints(target)
+    params = signature(node["_target_"]).parameters
     allowed = ", ".join(sorted(params))
     for key, value in node.items():
         if key.startswith("_"):
             continue
         if key not in params:
-            raise UserError(
-                f"Unknown config key '{path}.{key}'. Allowed keys of {path}: {allowed}."
-            )
-        hint = hints.get(key, Any)
-        if not _matches(value, hint):
-            raise UserError(f"{path}.{key} must be {_describe(hint)}; got {value!r}.")
+            raise UserError(f"Unknown config key '{path}.{key}'. Allowed keys of {path}: {allowed}.")
+        if not matches(value, params[key].hint):
+            raise UserError(f"{path}.{key} must be {describe(params[key].hint)}; got {value!r}.")
     for name, p in params.items():
-        if p.default is inspect.Parameter.empty and name not in node:
-            raise UserError(f"Missing config key '{path}.{name}' ({_describe(hints.get(name, Any))}).")
+        if p.required and name not in node:
+            raise UserError(f"Missing config key '{path}.{name}' ({describe(p.hint)}).")
 
 
 def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:
@@ -109,7 +125,27 @@ def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:
     unknown = sorted(set(node) - allowed)
     if unknown:
         where = f"'{path}.{unknown[0]}'" if path else f"'{unknown[0]}'"
-        raise UserError(
-            f"Unknown config key {where}. Allowed keys{' of ' + path if path else ''}: "
-            f"{', '.join(sorted(allowed))}."
-        )
+        raise UserError(f"Unknown config key {where}. Allowed keys{' of ' + path if path else ''}: "
+                        f"{', '.join(sorted(allowed))}.")
+
+
+def check_seed(seed: Any) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0; got {seed!r}.")
+    return seed
+
+
+def check_config(command: str, config: dict[str, Any]) -> None:
+    """Every check of one job's composed config that needs neither data nor torch."""
+    keys = COMMAND_KEYS[command]
+    check_keys(config, keys, "")
+    for key, example in REQUIRED.get(command, {}).items():
+        if config.get(key) in (None, "???"):
+            raise UserError(f"{key}= is required: {example}")
+    if command == "train":
+        missing = sorted(keys - set(config))
+        if missing:
+            raise UserError(f"config key '{missing[0]}' is missing (removed with ~?); it is required.")
+        check_seed(config["seed"])
+    for path in COMMAND_NODES[command]:
+        check_node(config[path], path)

@@ -20,7 +20,9 @@ BAD_TRAIN_INPUTS = [
     (["algorithm.fast_lr=0"], ["algorithm.fast_lr", "> 0"]),
     (["train.meta_lr=-0.001"], ["train.meta_lr", "> 0"]),
     (["dataset.ways=60"], ["dataset.ways=60", "59 classes", "val split", "<= 59"]),
-    (["dataset.ways=48"], ["eval.ways=48", "47 classes", "test split"]),
+    (["dataset.ways=48"], ["dataset.ways=48", "47 classes", "test split", "unless eval.ways"]),
+    (["dataset.shots=15", "dataset.query=10"], ["shots + query = 15 + 10", "dataset.shots or dataset.query"]),
+    (["eval.ways=48", "algorithm=protonet"], ["eval.ways=48", "47 classes", "test split"]),
     (["dataset.query=20"], ["shots + query = 1 + 20", "20 images", "dataset.query"]),
     (["train.query=20", "algorithm=reptile"], ["shots + query = 1 + 20", "20 images", "train.query"]),
     (["train.query=0"], ["train.query", ">= 1"]),
@@ -77,6 +79,16 @@ def test_eval_checkpoint_is_a_directory(cli, tmp_path):
     _assert_one_line_error(result, ["is a directory"], tmp_path)
 
 
+@pytest.mark.parametrize("given", ["run", "run/checkpoints"])
+def test_eval_of_a_folder_names_the_checkpoint_inside(cli, tmp_path, given):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.pt").write_bytes(b"x")
+    result = cli("eval", f"checkpoint={tmp_path / given}")
+    line = result.stderr.strip()
+    assert f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}?" in line, line
+    assert "checkpoints/checkpoints" not in line
+
+
 def test_eval_checkpoint_not_a_checkpoint(cli, tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     result = cli("eval", f"checkpoint={tmp_path / 'notes.pt'}")
@@ -84,9 +96,34 @@ def test_eval_checkpoint_not_a_checkpoint(cli, tmp_path):
 
 
 def test_eval_requires_checkpoint(cli, tmp_path):
-    result = cli("eval")
-    assert result.returncode == 1 and "checkpoint" in result.stderr
-    assert "Traceback" not in result.stderr
+    _assert_one_line_error(cli("eval"), ["checkpoint= is required", "meta-cli eval checkpoint="], tmp_path)
+    assert "???" not in cli("eval").stderr
+
+
+def test_cfg_job_with_a_bad_key_is_one_line(cli, tmp_path):
+    _assert_one_line_error(cli("train", "--cfg", "job", "algorithm.fast_lrr=1"),
+                           ["algorithm.fast_lrr", "Allowed keys"], tmp_path)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_help_lists_only_what_the_command_takes(cli, command):
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "device: auto, cpu, cuda" in result.stdout and "checkpoint" in result.stdout
+    for group in ("algorithm:", "dataset:", "backbone:", "experiment:", "logger:"):
+        assert group not in result.stdout, group
+
+
+def test_an_argument_error_loads_no_heavy_library(tmp_path):
+    """The pre-flight refuses a bad key without torch, learn2learn, pandas or matplotlib:
+    those take seconds to import (docs/benchmarks.md, start-up)."""
+    code = ("import sys\nfrom meta_cli.cli import run\n"
+            "assert run(['train', 'algorithm.fast_lrr=1']) == 1\n"
+            "print(sorted(m for m in ('torch', 'learn2learn', 'pandas', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert "algorithm.fast_lrr" in result.stderr
 
 
 def test_full_error_env_shows_traceback(cli, tmp_path):

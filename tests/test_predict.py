@@ -20,6 +20,7 @@ from conftest import run_dirs
 from meta_cli.apps.eval import prepare
 from meta_cli.data.base import Episode
 from meta_cli.data.image_tensor import to_model_input
+from meta_cli.evaluation import head_ways
 from meta_cli.errors import UserError
 
 TINY = {
@@ -60,7 +61,7 @@ def _eval_episode(path: Path) -> tuple[Episode, torch.Tensor, float]:
     evaluation = {"_target_": "meta_cli.evaluation.EvalSettings", "seed": SEED}
     run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "eval": evaluation,
                                    "device": device})
-    ((ways, shots, query),) = settings.settings(run.algorithm, run.source)
+    ((ways, shots, query),) = settings.settings(run.source, head_ways(run.algorithm))
     episode = run.source.episode(settings.split, INDEX, settings.seed, ways, shots, query)
     run.algorithm.eval()
     with torch.no_grad():
@@ -189,7 +190,7 @@ def _support_dir(root: Path, classes: int, per_class: int = 1) -> Path:
 BAD = {  # case -> the one line it must give
     "missing support": r"support=.*nowhere: no such directory",
     "empty class": r"support class folder .*char-z holds no images",
-    "unreadable image": r"cannot decode image .*q/broken.png",
+    "unreadable image": r"cannot decode image .*q/broken.png: not an image file PIL can read",
     "maml ways": r"the support set has 3 classes but this MAML model was trained 5-way",
     "damaged checkpoint": r"checkpoint .*copy/best.pt is truncated: \d+ bytes, its manifest says",
 }
@@ -218,7 +219,25 @@ def test_bad_input_is_one_line_before_any_run_dir(case, checkpoints, cli, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("meta-cli: error: "), result.stderr
     assert re.search(BAD[case], lines[0]), lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "BytesIO" not in result.stderr
     assert run_dirs(tmp_path) == []  # stopped by precheck, before Hydra made a run dir
+
+
+def test_library_warnings_are_one_line_each(checkpoints, cli, tmp_path):
+    """PIL's DecompressionBombWarning (made to fire on Omniglot-sized images by lowering PIL's
+    limit) comes out as one meta-cli warning naming the image, with no library path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import PIL.Image\nPIL.Image.MAX_IMAGE_PIXELS = 600\n")
+    support, query = _support_dir(tmp_path, 3), tmp_path / "q"
+    _write_png(torch.zeros(1, 28, 28), query / "one.png")  # 784 pixels: over 600, under 1200
+    result = cli("predict", f"checkpoint={checkpoints['protonet']}", f"support={support}",
+                 f"query={query}", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert warnings and all(line.startswith("meta-cli: warning: image ") for line in warnings), warnings
+    assert any("q/one.png is very large" in line for line in warnings)
+    assert "DecompressionBombWarning" not in result.stderr and ".py:" not in result.stderr
 
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,13 @@ class Algorithm(nn.Module, abc.ABC):
         self.check_task(task)
         self.task = task
         self.outputs = outputs
+
+    @classmethod
+    def check(cls, task: Task, **config: Any) -> None:
+        """Raise UserError for a config (this algorithm's keys) that cannot work on `task`,
+        without building anything: the pre-flight calls it for every job of a sweep, and the
+        constructor of a subclass that overrides it calls it first."""
+        cls.check_task(task)
 
     @classmethod
     def check_task(cls, task: Task) -> None:

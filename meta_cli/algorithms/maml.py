@@ -1,7 +1,7 @@
 """MAML (Finn et al., 2017) through learn2learn's `l2l.algorithms.MAML`."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -49,9 +49,7 @@ class MAML(Algorithm):
         compile: bool = False,
     ) -> None:
         super().__init__(backbone, task, outputs)
-        if compile and backend != "vmap":
-            raise UserError("algorithm.compile=true compiles the vectorised meta-batch: set "
-                            "algorithm.backend=vmap as well, or algorithm.compile=false.")
+        self.check(task, backend=backend, compile=compile)
         head = nn.Linear(backbone.out_features, outputs)
         if task == "classification":  # learn2learn's OmniglotCNN head initialisation
             head.weight.data.normal_()
@@ -69,6 +67,13 @@ class MAML(Algorithm):
         # learn2learn's loop).
         object.__setattr__(self, "_meta_batch", vectorized.compiled(vectorized.maml_meta_batch) if compile
                            else vectorized.maml_meta_batch)
+
+    @classmethod
+    def check(cls, task: Task, backend: str = "l2l", compile: bool = False, **config: Any) -> None:
+        super().check(task)
+        if compile and backend != "vmap":
+            raise UserError("algorithm.compile=true compiles the vectorised meta-batch: set "
+                            "algorithm.backend=vmap as well, or algorithm.compile=false.")
 
     def wrap(self, model: nn.Module, fast_lr: float, first_order: bool) -> nn.Module:
         """learn2learn's learner with clone() and adapt(loss, first_order)."""

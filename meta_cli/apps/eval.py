@@ -11,34 +11,29 @@ from omegaconf import DictConfig
 
 from meta_cli import checkpoint
 from meta_cli.apps.common import test_rows, write_results
-from meta_cli.build import Run, build, instantiate, plain
+from meta_cli.build import Run, build, instantiate
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings
+from meta_cli.evaluation import EvalSettings, head_ways
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
-from meta_cli.validation import check_keys, check_node
-
-EVAL_KEYS = {"checkpoint", "data_root", "eval", "device"}
-
+from meta_cli.validation import check_config, plain
 
 def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
     """Check the eval config and the checkpoint; return the restored run."""
     config = plain(cfg)
-    check_keys(config, EVAL_KEYS, "")
-    check_node(config["eval"], "eval")
-    check_node(config["device"], "device")
+    check_config("eval", config)
     if not isinstance(config["checkpoint"], str):
         raise UserError("checkpoint must be a path, e.g. checkpoint=outputs/<run>/checkpoints/best.pt.")
     path = Path(config["checkpoint"]).expanduser().resolve()
     payload = checkpoint.load(path)
     trained = copy.deepcopy(payload["config"])
-    if config["data_root"] is not None:
+    if config["data_root"] is not None and "root" in trained["dataset"]:  # sinusoid has no files
         trained["dataset"]["root"] = config["data_root"]
     trained["device"] = config["device"]
     run = build(trained, splits=payload.get("splits") or None)
     load_weights(run.algorithm, payload["algorithm"], path)
     evaluation: EvalSettings = instantiate(config["eval"])
-    evaluation.settings(run.algorithm, run.source)
+    evaluation.settings(run.source, head_ways(run.algorithm), type(run.algorithm).__name__)
     return run, evaluation, payload, path
 
 
@@ -51,9 +46,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     return rows[0]["accuracy"] if source.task == "classification" else rows[0]["loss"]
 
 
-def precheck(cfg: DictConfig) -> None:
-    """Everything the job checks before its first step (run by the CLI for every job)."""
-    prepare(cfg)
+def precheck(configs: list[dict[str, Any]]) -> None:
+    """Everything each job checks before its first step (the CLI's pre-flight, every job)."""
+    for config in configs:
+        prepare(config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="eval")

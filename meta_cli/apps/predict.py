@@ -15,14 +15,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from meta_cli.build import instantiate, plain
+from meta_cli.build import instantiate
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
-from meta_cli.outputs import write_csv
+from meta_cli.outputs import text_table, write_csv
 from meta_cli.predict import Learner, restore
-from meta_cli.validation import check_keys, check_node
+from meta_cli.validation import check_config, plain
 
-PREDICT_KEYS = {"checkpoint", "support", "query", "device"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
                   ".ppm", ".pnm", ".pbm"}
 COLUMNS = ["path", "predicted_class", "score"]
@@ -99,12 +98,7 @@ def query_set(value: Any) -> list[Path]:
 def prepare(cfg: DictConfig | dict[str, Any]) -> Job:
     """Check the files, the checkpoint, the number of classes and decode every image."""
     config = plain(cfg)
-    check_keys(config, PREDICT_KEYS, "")
-    check_node(config["device"], "device")
-    missing = [f"{k}=" for k in ("checkpoint", "support", "query") if config.get(k) in ("???", None)]
-    if missing:
-        raise UserError(f"{', '.join(missing)} required: meta-cli predict checkpoint=PATH "
-                        f"support=DIR query=DIR (see meta-cli predict --help).")
+    check_config("predict", config)
     learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]))
     support_paths, labels = support_set(config["support"])
     query_paths = query_set(config["query"])
@@ -120,25 +114,18 @@ def rows_of(job: Job) -> list[dict[str, str]]:
             for p, label, score in zip(job.query_paths, result.labels, result.scores.tolist())]
 
 
-def format_rows(rows: list[dict[str, str]]) -> str:
-    """predictions.csv rows as an aligned table for the terminal."""
-    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in COLUMNS}
-    lines = [[k.ljust(widths[k]) for k in COLUMNS]]
-    lines += [[r[k].ljust(widths[k]) for k in COLUMNS] for r in rows]
-    return "\n".join("  ".join(cells).rstrip() for cells in lines)
-
-
 def predict_images(cfg: DictConfig) -> int:
     """Returns the number of labelled query images."""
     rows = rows_of(prepare(cfg))
     write_csv(run_dir() / "predictions.csv", COLUMNS, rows)
-    print(format_rows(rows), flush=True)
+    print(text_table(rows, COLUMNS), flush=True)
     return len(rows)
 
 
-def precheck(cfg: DictConfig) -> None:
-    """Everything the job checks before its first step (run by the CLI for every job)."""
-    prepare(cfg)
+def precheck(configs: list[dict[str, Any]]) -> None:
+    """Everything each job checks before its first step (the CLI's pre-flight, every job)."""
+    for config in configs:
+        prepare(config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="predict")

@@ -12,11 +12,12 @@ from omegaconf import DictConfig
 
 from meta_cli import __version__, checkpoint, resume
 from meta_cli.apps.common import test_rows, write_results
-from meta_cli.build import build_train, check_seed, instantiate, plain
+from meta_cli.build import build_train, check_train, instantiate
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
 from meta_cli.loop import Trainer
 from meta_cli.seeding import seed_everything
+from meta_cli.validation import check_seed, plain
 
 log = logging.getLogger("meta_cli.train")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("meta_cli.train")
 def train(cfg: DictConfig) -> float | None:
     """Returns the best meta-validation accuracy (loss for regression), for sweepers."""
     # Seed before building: the initial weights depend on the seed alone.
-    seed_everything(check_seed(plain(cfg)))
+    seed_everything(check_seed(plain(cfg).get("seed")))
     run, settings, evaluation = build_train(cfg)
     out = run_dir()
     resumed = resume.find(run.config["resume"], out)
@@ -59,19 +60,21 @@ def train(cfg: DictConfig) -> float | None:
     return best["value"]
 
 
-def precheck(cfg: DictConfig) -> None:
-    """Everything the job checks before its first step (run by the CLI for every job)."""
-    run, _, _ = build_train(cfg)
-    given = run.config["resume"]
-    if given is not None:
-        resumed = resume.find(given, resume.run_of(given) if isinstance(given, str) else Path())
-        if resumed is not None:
-            resume.check_config(resumed[1], run.config, resumed[0])
+def precheck(configs: list[dict[str, Any]]) -> None:
+    """Everything each job checks before its first step (the CLI's pre-flight, every job)."""
+    sources: dict[str, Any] = {}
+    for config in configs:
+        check_train(config, sources)
+        given = config["resume"]
+        if given is not None:
+            resumed = resume.find(given, resume.run_of(given) if isinstance(given, str) else Path())
+            if resumed is not None:
+                resume.check_config(resumed[1], config, resumed[0])
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return guarded(lambda: train(cfg))
+    return guarded(lambda: train(cfg), trains=True)
 
 
 if __name__ == "__main__":

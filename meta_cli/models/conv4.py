@@ -10,13 +10,14 @@ tracked, so evaluating a model never changes it.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
 from meta_cli.errors import UserError
+from meta_cli.models.base import Backbone, image_shape
 from meta_cli.params import Ge
 
 
@@ -27,30 +28,18 @@ def _batch_statistics_only(module: nn.Module) -> None:
             m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
-class Conv4(nn.Module):
+class Conv4(Backbone):
     """(N, C, H, W) images -> (N, out_features) embeddings."""
-
-    injected = ("input_shape",)
 
     def __init__(self, input_shape: tuple[int, ...], hidden: Annotated[int, Ge(1)] = 64,
                  max_pool: bool = False, layers: Annotated[int, Ge(1)] = 4,
                  channels_last: bool = True, pool_last: bool = True,
                  widths: list[int] | None = None) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise UserError(f"backbone conv4/conv4_pool/cnn4 needs images (C, H, W); this dataset gives inputs "
-                            f"of shape {tuple(input_shape)}. Use backbone=mlp.")
-        if widths is not None and (len(widths) == 0 or min(widths) < 1):
-            raise UserError(f"backbone.widths={list(widths)}: give one channel count >= 1 per block, "
-                            f"e.g. [64, 128, 128, 128], or null for `hidden` channels in every block.")
+        self.check(input_shape, max_pool=max_pool, layers=layers, pool_last=pool_last, widths=widths)
         channels, height, width = input_shape
         if widths is not None:
             layers = len(widths)
-        pools = layers if pool_last else layers - 1
-        if max_pool and min(height, width) < 2**pools:
-            raise UserError(f"backbone.max_pool=true needs images of at least {2**pools}x{2**pools} "
-                            f"({pools} 2x2 max-pools); this dataset gives {height}x{width}. Use "
-                            f"backbone=conv4 or fewer blocks (backbone.layers, or entries of backbone.widths).")
         if widths is None:
             self.base = l2l.vision.models.ConvBase(hidden=hidden, channels=channels,
                                                    max_pool=max_pool, layers=layers)
@@ -74,6 +63,21 @@ class Conv4(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def check(cls, input_shape: tuple[int, ...], max_pool: bool = False, layers: int = 4,
+              pool_last: bool = True, widths: list[int] | None = None, **config: Any) -> None:
+        _, height, width = image_shape("conv4/conv4_pool/cnn4", input_shape)
+        if widths is not None and (len(widths) == 0 or min(widths) < 1):
+            raise UserError(f"backbone.widths={list(widths)}: give one channel count >= 1 per block, "
+                            f"e.g. [64, 128, 128, 128], or null for `hidden` channels in every block.")
+        if widths is not None:
+            layers = len(widths)
+        pools = layers if pool_last else layers - 1
+        if max_pool and min(height, width) < 2**pools:
+            raise UserError(f"backbone.max_pool=true needs images of at least {2**pools}x{2**pools} "
+                            f"({pools} 2x2 max-pools); this dataset gives {height}x{width}. Use "
+                            f"backbone=conv4 or fewer blocks (backbone.layers, or entries of backbone.widths).")
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) if self.max_pool else x.mean(dim=(2, 3))

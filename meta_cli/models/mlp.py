@@ -7,13 +7,12 @@ from typing import Annotated
 import torch
 from torch import nn
 
+from meta_cli.models.base import Backbone
 from meta_cli.params import Ge
 
 
-class MLP(nn.Module):
+class MLP(Backbone):
     """(N, *input_shape) -> (N, hidden[-1]) with ReLU after every layer."""
-
-    injected = ("input_shape",)
 
     def __init__(self, input_shape: tuple[int, ...],
                  hidden: list[Annotated[int, Ge(1)]] = (40, 40)) -> None:

@@ -28,13 +28,14 @@ rate stays near 0, as in learn2learn.)
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from meta_cli._l2l import l2l
 from meta_cli.errors import UserError
+from meta_cli.models.base import Backbone, image_shape
 from meta_cli.models.conv4 import _batch_statistics_only
 from meta_cli.params import Ge
 
@@ -62,10 +63,8 @@ class _Backbone(l2l.vision.models.ResNet12Backbone):
         return super()._make_layer(_CountedBlock, *args, **kwargs)
 
 
-class ResNet12(nn.Module):
+class ResNet12(Backbone):
     """(N, C, H, W) images, H and W >= 16 -> (N, out_features) float embeddings."""
-
-    injected = ("input_shape",)
 
     def __init__(self, input_shape: tuple[int, ...], avg_pool: bool = True, wider: bool = True,
                  embedding_dropout: Annotated[float, Ge(0)] = 0.0,
@@ -73,24 +72,11 @@ class ResNet12(nn.Module):
                  dropblock_size: Annotated[int, Ge(1)] | None = None,
                  running_stats: bool = True) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise UserError(f"backbone resnet12 needs images (C, H, W); this dataset gives inputs "
-                            f"of shape {tuple(input_shape)}. Use backbone=mlp.")
+        self.check(input_shape, embedding_dropout=embedding_dropout, dropblock_dropout=dropblock_dropout,
+                   dropblock_size=dropblock_size)
         channels, height, width = input_shape
-        last = min(height, width) // 2**_POOLS
-        if last < 1:
-            raise UserError(f"backbone resnet12 needs images of at least 16x16 (four 2x2 max-pools); "
-                            f"this dataset gives {height}x{width}. Use backbone=conv4 or cnn4.")
-        for key, rate in (("embedding_dropout", embedding_dropout), ("dropblock_dropout", dropblock_dropout)):
-            if rate >= 1:
-                raise UserError(f"backbone.{key} must be < 1 (a dropout rate); got {rate}.")
         if dropblock_size is None:
-            dropblock_size = min(last, _MAX_BLOCK)
-        elif dropblock_dropout > 0 and dropblock_size > last:
-            # DropBlock samples (side - block + 1)^2 block centres: none fit in a smaller map.
-            raise UserError(f"backbone.dropblock_size={dropblock_size} exceeds resnet12's last feature "
-                            f"map ({last}x{last} for {height}x{width} images); set "
-                            f"backbone.dropblock_size<={last} (null picks it) or backbone.dropblock_dropout=0.")
+            dropblock_size = min(min(height, width) // 2**_POOLS, _MAX_BLOCK)
         self.net = _Backbone(
             avg_pool=avg_pool, wider=wider, embedding_dropout=embedding_dropout,
             dropblock_dropout=dropblock_dropout, dropblock_size=dropblock_size, channels=channels)
@@ -99,6 +85,23 @@ class ResNet12(nn.Module):
         if not running_stats:
             _batch_statistics_only(self.net)
         self.out_features = _dry_run(self, channels, height, width)
+
+    @classmethod
+    def check(cls, input_shape: tuple[int, ...], embedding_dropout: float = 0.0,
+              dropblock_dropout: float = 0.1, dropblock_size: int | None = None, **config: Any) -> None:
+        _, height, width = image_shape("resnet12", input_shape)
+        last = min(height, width) // 2**_POOLS
+        if last < 1:
+            raise UserError(f"backbone resnet12 needs images of at least 16x16 (four 2x2 max-pools); "
+                            f"this dataset gives {height}x{width}. Use backbone=conv4 or cnn4.")
+        for key, rate in (("embedding_dropout", embedding_dropout), ("dropblock_dropout", dropblock_dropout)):
+            if rate >= 1:
+                raise UserError(f"backbone.{key} must be < 1 (a dropout rate); got {rate}.")
+        if dropblock_size is not None and dropblock_dropout > 0 and dropblock_size > last:
+            # DropBlock samples (side - block + 1)^2 block centres: none fit in a smaller map.
+            raise UserError(f"backbone.dropblock_size={dropblock_size} exceeds resnet12's last feature "
+                            f"map ({last}x{last} for {height}x{width} images); set "
+                            f"backbone.dropblock_size<={last} (null picks it) or backbone.dropblock_dropout=0.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, out_features), float32 also under bf16 autocast, so distances

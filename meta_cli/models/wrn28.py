@@ -20,37 +20,28 @@ algorithm.backend=vmap expect.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from meta_cli._l2l import l2l
 from meta_cli.errors import UserError
+from meta_cli.models.base import Backbone, image_shape
 from meta_cli.models.conv4 import _batch_statistics_only
 from meta_cli.params import Ge
 
 _MIN_SIDE = 4  # each of the two stride-2 stages then still halves its input
 
 
-class WRN28(nn.Module):
+class WRN28(Backbone):
     """(N, C, H, W) images, H and W >= 4 -> (N, 64 * widen_factor) float embeddings."""
-
-    injected = ("input_shape",)
 
     def __init__(self, input_shape: tuple[int, ...], dropout: Annotated[float, Ge(0)] = 0.0,
                  widen_factor: Annotated[int, Ge(1)] = 10, running_stats: bool = True) -> None:
         super().__init__()
-        if len(input_shape) != 3:
-            raise UserError(f"backbone wrn28 needs images (C, H, W); this dataset gives inputs "
-                            f"of shape {tuple(input_shape)}. Use backbone=mlp.")
+        self.check(input_shape, dropout=dropout)
         channels, height, width = input_shape
-        if min(height, width) < _MIN_SIDE:
-            raise UserError(f"backbone wrn28 needs images of at least {_MIN_SIDE}x{_MIN_SIDE} (two "
-                            f"stride-2 stages); this dataset gives {height}x{width}. Use backbone=mlp.")
-        if dropout >= 1:
-            raise UserError(f"backbone.dropout must be < 1 (a dropout rate); got {dropout}.")
         wrn = l2l.vision.models.wrn28
         self.net = wrn.WideResNet(depth=28, widen_factor=widen_factor, dropout_rate=dropout)
         if channels != 3:
@@ -62,6 +53,15 @@ class WRN28(nn.Module):
         with torch.no_grad():
             self.out_features = self(torch.zeros(2, channels, height, width)).shape[1]
         self.train()
+
+    @classmethod
+    def check(cls, input_shape: tuple[int, ...], dropout: float = 0.0, **config: Any) -> None:
+        _, height, width = image_shape("wrn28", input_shape)
+        if min(height, width) < _MIN_SIDE:
+            raise UserError(f"backbone wrn28 needs images of at least {_MIN_SIDE}x{_MIN_SIDE} (two "
+                            f"stride-2 stages); this dataset gives {height}x{width}. Use backbone=mlp.")
+        if dropout >= 1:
+            raise UserError(f"backbone.dropout must be < 1 (a dropout rate); got {dropout}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, out_features), float32 also under bf16 autocast, so distances

@@ -1,0 +1,33 @@
+"""The contract of a backbone: (N, *input_shape) inputs -> (N, out_features) embeddings."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from meta_cli.errors import UserError
+
+
+class Backbone(nn.Module):
+    """A feature extractor built for one input shape; algorithms put their heads on it.
+
+    `input_shape` (one sample, e.g. (1, 28, 28)) comes from the dataset, not the config.
+    Subclasses set `out_features` in their constructor, and say in `check` which configs
+    cannot work, so that a sweep is checked without building a single model.
+    """
+
+    injected = ("input_shape",)
+    out_features: int
+
+    @classmethod
+    def check(cls, input_shape: tuple[int, ...], **config: Any) -> None:
+        """Raise UserError for a config (this backbone's keys) that cannot take inputs of
+        `input_shape`. The pre-flight calls it for every job; the constructor calls it first."""
+
+
+def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of an image input; one line for a dataset of other inputs (sinusoid's (1,))."""
+    if len(input_shape) != 3:
+        raise UserError(f"backbone {name} needs images (C, H, W); this dataset gives inputs of shape "
+                        f"{tuple(input_shape)}. Use backbone=mlp.")
+    return tuple(input_shape)  # type: ignore[return-value]
