@@ -12,9 +12,10 @@ from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
-from meta_cli import allocator
+from meta_cli import allocator, lock
 from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
+from meta_cli.stopping import Stopped
 
 T = TypeVar("T")
 
@@ -40,18 +41,31 @@ def _write_status(out: Path, status: dict[str, Any]) -> None:
     write_atomic(out / "status.json", (json.dumps(status, indent=1) + "\n").encode())
 
 
-def guarded(work: Callable[[], T]) -> T | None:
+def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     """Run a job, recording it in <run dir>/status.json whatever happens.
 
-    status.json says `running` from the start, then `ok` or `failed` with the error, start/end
-    times and the job's overrides; a job killed outright stays `running`, which `report` shows.
-    Raising (or sys.exit) inside a job would end a whole multirun, so a failed job prints one
-    line and returns None (the Optuna sweeper records that as a failed trial; NaN would crash
-    it); the CLI reports the failure through its exit code once every job has run.
+    status.json says `running` from the start, then `ok`, `failed` with the error, or
+    `stopped` (SIGTERM/SIGINT: a checkpoint was committed first) with the iteration it holds,
+    with start/end times and the job's overrides; a job killed outright stays `running`, which
+    `report` shows as unfinished. Raising (or sys.exit) inside a job would end a whole
+    multirun, so a failed job prints one line and returns None (the Optuna sweeper records
+    that as a failed trial; NaN would crash it); the CLI reports the failure through its exit
+    code once every job has run. A stop ends the sweep: the user asked for it.
+
+    `trains`: the job trains into its run dir, which it holds locked (meta_cli.lock) for as
+    long as it runs; a run dir another live process trains in is refused before anything in
+    it is touched.
     """
     allocator.tune_process()  # here, so that launcher worker processes get it too
     hydra = HydraConfig.get()
     out = run_dir()
+    if trains:
+        try:
+            lock.acquire(out)
+        except UserError as exc:
+            print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
+            FAILED.append(str(exc))
+            return None
     status: dict[str, Any] = {
         "status": "running", "error": None, "start": _now(), "end": None,
         "overrides": list(hydra.overrides.task), "job": hydra.job.get("num"), "run_dir": str(out),
@@ -71,11 +85,20 @@ def guarded(work: Callable[[], T]) -> T | None:
         print(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", file=sys.stderr, flush=True)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-    except BaseException as exc:  # SIGTERM's SystemExit, a second Ctrl-C: record, then go on
-        status.update(status="failed", error=f"interrupted ({type(exc).__name__} {exc})".strip())
+    except Stopped as stop:
+        status.update(status="stopped", error=None, signal=stop.signal_name, iteration=stop.iteration,
+                      checkpoint=stop.checkpoint)
+        saved = f"saved {stop.checkpoint}" if stop.checkpoint else "no checkpoint was committed yet"
+        print(f"meta-cli: stopped by {stop.signal_name} after iteration {stop.iteration}; {saved}. "
+              f"Resume with: meta-cli train resume={out}", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
+    except BaseException as exc:  # Ctrl-C outside meta-training (during the meta-test)
+        status.update(status="stopped", error=f"interrupted ({type(exc).__name__} {exc})".strip())
         raise
     finally:
         status["end"] = _now()
         _write_status(out, status)
+        if trains:
+            lock.release(out)
     FAILED.append(status["error"])
     return None

@@ -22,7 +22,7 @@ from meta_cli.loggers import CsvLogger
 from meta_cli.outputs import MetricsLog
 from meta_cli.params import Ge, Gt
 from meta_cli.seeding import rng_state, set_rng_state
-from meta_cli.stopping import StopRequest
+from meta_cli.stopping import StopRequest, Stopped
 from meta_cli.workers import Helpers, backward_tasks, one_thread, shares
 from meta_cli.workers import resolve as resolve_workers
 
@@ -257,6 +257,9 @@ class Trainer:
                     self._iterate(iteration, start, bar)
                     if stop.signum is not None:
                         self._stop(stop, time.perf_counter() - start)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, at the last committed checkpoint
+            found = checkpoint.latest_committed(self.checkpoints)
+            raise Stopped("SIGINT", found[0] if found else 0, str(found[1]) if found else None, 130) from None
         finally:
             bar.close()
             self.metrics.close()
@@ -296,11 +299,8 @@ class Trainer:
             self._commit_step(time.perf_counter() - start)
 
     def _stop(self, stop: StopRequest, elapsed: float) -> None:
-        """After a SIGTERM/SIGINT: commit this step (unless just done) and exit 143/130."""
+        """After a SIGTERM/SIGINT: commit this step (unless just done) and stop (143/130)."""
         name = checkpoint.step_name(self.iteration)
         if not checkpoint.manifest_path(self.checkpoints / name).exists():
             self._commit_step(elapsed)
-        print(f"meta-cli: stopped by {stop.name} after iteration {self.iteration}; saved "
-              f"{self.checkpoints / name}. Resume with: meta-cli train resume={self.run_dir}",
-              file=sys.stderr, flush=True)
-        raise SystemExit(stop.exit_code)
+        raise Stopped(stop.name, self.iteration, str(self.checkpoints / name), stop.exit_code)

@@ -7,7 +7,9 @@ checkpoint's temp file or its manifest), or once a file matching a glob has n li
 from __future__ import annotations
 
 import csv
+import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 RUN = ["dataset=sinusoid", "train.iterations=120", "train.val_every=40", "train.checkpoint_every=20",
        "train.val_episodes=20", "train.progress=false", "eval.episodes=50"]
@@ -35,13 +38,17 @@ if spec:
                     except OSError:
                         pass
         threading.Thread(target=watch, daemon=True).start()
-    else:
+    else:  # replace: SIGKILL at the n-th rename onto marker; sigint2: press Ctrl-C twice there
         real, calls = os.replace, [0]
         def replace(src, dst, *a, **k):
             if marker in str(dst):
                 calls[0] += 1
                 if calls[0] == int(n):
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    if kind == "sigint2":
+                        os.kill(os.getpid(), signal.SIGINT)
+                        os.kill(os.getpid(), signal.SIGINT)
+                    else:
+                        os.kill(os.getpid(), signal.SIGKILL)
             return real(src, dst, *a, **k)
         os.replace = replace
 '''
@@ -162,6 +169,9 @@ def test_sigterm_and_sigint_save_then_exit(tmp_path, data_root, cache_dir, refer
     assert f"stopped by {sig.name} after iteration" in err and "resume=" in err
     assert "Traceback" not in err
     saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*.json"))[-1]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "stopped" and status["signal"] == sig.name
+    assert status["iteration"] == int(saved.stem.split("-")[1]) and status["checkpoint"].endswith(".pt")
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert int(rows[-1]["iteration"]) <= int(saved.stem.split("-")[1])
     resumed = subprocess.run([str(exe), "train", "resume=run"], cwd=tmp_path, env=env,
@@ -209,3 +219,79 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli, tmp_path)
     from meta_cli import checkpoint
     path, payload = checkpoint.latest_valid(tmp_path / "run" / "checkpoints")
     assert payload["iteration"] == 1 and all(torch.isfinite(v).all() for v in payload["algorithm"].values())
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_commit(cli, tmp_path, killer, reference):
+    """Two SIGINTs arrive while step 40's checkpoint is renamed into place, its manifest not yet
+    written: the commit finishes first, then the run stops (130) and resumes exactly."""
+    result = cli("train", *RUN, "hydra.run.dir=run",
+                 env={"PYTHONPATH": str(killer), "KILL_AT": "sigint2:step-0000040.pt:1"})
+    assert result.returncode == 130, result.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "step-0000040.json").is_file()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "stopped"
+    assert "Traceback" not in result.stderr
+    resumed = cli("train", "resume=run")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(_state(tmp_path / "run"), reference)
+
+
+def test_a_run_dir_with_only_an_uncommitted_checkpoint_says_what_to_do(cli, tmp_path, killer, reference):
+    result = cli("train", *RUN, "hydra.run.dir=run",
+                 env={"PYTHONPATH": str(killer), "KILL_AT": "replace:step-0000020.json:1"})
+    assert result.returncode == -signal.SIGKILL
+    step = tmp_path / "run" / "checkpoints" / "step-0000020.pt"
+    assert step.is_file() and not step.with_suffix(".json").exists()
+    refused = cli("train", "resume=run")
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "has no manifest" in line and f"resume={step.resolve()}" in line and "start a new run" in line
+    resumed = cli("train", f"resume={step}")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(_state(tmp_path / "run"), reference)
+
+
+def test_overrides_are_not_repeated_by_resuming(cli, tmp_path, reference):
+    assert cli("train", *RUN, "hydra.run.dir=run").returncode == 0
+    for _ in range(2):
+        again = cli("train", "resume=run", "train.progress=false")
+        assert again.returncode == 0, again.stderr
+    stored = yaml.safe_load((tmp_path / "run" / ".hydra" / "overrides.yaml").read_text())
+    keys = [o.split("=", 1)[0] for o in stored]
+    assert len(keys) == len(set(keys)), stored
+
+
+def test_a_run_dir_that_still_trains_is_locked(cli, tmp_path, data_root, cache_dir):
+    """resume= into a run dir another process trains in stops with one line naming it, before
+    touching anything; eval beside it works; a SIGKILLed holder leaves no stale lock."""
+    exe = Path(sys.executable).with_name("meta-cli")
+    env = {**os.environ, "META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir)}
+    run = tmp_path / "run"
+    proc = subprocess.Popen([str(exe), "train", "dataset=sinusoid", "train.iterations=1000000",
+                             "train.checkpoint_every=20", "train.keep_checkpoints=1000000", "train.val_every=1000000",
+                             "train.progress=false",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = run / "checkpoints" / "step-0000020.json"
+        deadline = time.time() + 120
+        while not first.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        watched = [run / ".hydra" / "overrides.yaml", run / ".hydra" / "config.yaml", run / "status.json"]
+        before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched}
+        refused = cli("train", "resume=run")
+        assert refused.returncode == 1
+        (line,) = refused.stderr.strip().splitlines()
+        assert line.startswith("meta-cli: error: run dir") and "is in use" in line
+        assert f"PID {proc.pid} on host {socket.gethostname()}" in line
+        assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched} == before
+        beside = cli("eval", f"checkpoint={run / 'checkpoints' / 'step-0000020.pt'}", "eval.episodes=5")
+        assert beside.returncode == 0, beside.stderr
+        assert proc.poll() is None  # still training
+    finally:
+        proc.kill()
+        proc.wait()
+    from meta_cli import lock
+    assert not lock.held(run)
+    lock.acquire(run)
+    lock.release(run)
