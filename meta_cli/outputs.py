@@ -92,18 +92,28 @@ def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_csv(path, EPISODE_COLUMNS, rows)
 
 
+def text_table(rows: Any, columns: list[str] | None = None) -> str:
+    """Rows (dicts, or a DataFrame) as an aligned text table: a header line, then one line per
+    row, each column as wide as its widest cell; empty cells for missing values. The one
+    table formatter of the CLI (train/eval results, report, predict)."""
+    if hasattr(rows, "to_dict"):  # a pandas DataFrame
+        columns = columns or [str(c) for c in rows.columns]
+        rows = rows.astype(object).where(rows.notna(), "").to_dict("records")
+    columns = columns or list(rows[0]) if rows else (columns or [])
+    cells = [[str(_cell(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    lines = [columns, *cells]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """accuracy.csv rows as an aligned text table for the terminal."""
-    shown = ["algorithm", "dataset", "ways", "shots", "query", "split", "episodes", "accuracy", "loss"]
-    lines = []
+    """accuracy.csv rows for the terminal: accuracy ± ci95 in %, or the loss ± ci95."""
+    shown = []
     for row in rows:
-        cells = {k: _cell(row.get(k)) for k in shown}
+        cells = {k: row.get(k) for k in ("algorithm", "dataset", "ways", "shots", "query", "split", "episodes")}
         if row.get("accuracy") is not None and not math.isnan(row["accuracy"]):
-            cells["accuracy"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %"
+            cells["accuracy"], cells["loss"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %", row["loss"]
         else:
-            cells["loss"] = f"{row['loss']:.4f} +- {row['ci95']:.4f}"
-        lines.append(cells)
-    widths = {k: max(len(k), *(len(str(c[k])) for c in lines)) for k in shown}
-    out = ["  ".join(k.ljust(widths[k]) for k in shown)]
-    out += ["  ".join(str(c[k]).ljust(widths[k]) for k in shown) for c in lines]
-    return "\n".join(out)
+            cells["accuracy"], cells["loss"] = None, f"{row['loss']:.4f} +- {row['ci95']:.4f}"
+        shown.append(cells)
+    return text_table(shown)

@@ -15,10 +15,11 @@ import pandas as pd
 
 from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
-from meta_cli.summary import job_dirs, write_summary
+from meta_cli.outputs import text_table
+from meta_cli.summary import job_dirs, summary, write_summary
 
 CURVES = "learning_curves.png"
-BARS = "test_accuracy.png"
+RESULTS = "test_results.png"
 SETTING_COLUMNS = ["setting", "ways", "shots", "split"]
 
 
@@ -41,46 +42,65 @@ def _setting(overrides: object, common: list[str], keep_seed: bool = False) -> s
     return " ".join(kept) or "(defaults)"
 
 
+#: Job states as status.json records them; `running` with no live process is unfinished.
+STATES = ("ok", "failed", "stopped")
+
+
+def _kind(rows: pd.DataFrame) -> pd.Series:
+    """'accuracy' for classification rows (accuracy.csv has an accuracy), 'mse' for regression."""
+    return rows["accuracy"].notna().map({True: "accuracy", False: "mse"})
+
+
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± ci95 per setting over its seeds; `seed_std` is the spread across seeds."""
+    """Mean ± ci95 per setting over its seeds; `seed_std` is the spread across seeds.
+
+    Classification rows fill `accuracy` (a fraction), regression rows `mse` (the test loss):
+    a sweep over both kinds keeps them apart. Jobs are counted by state: failed, stopped (by
+    SIGTERM/SIGINT, resumable) and unfinished (still running, killed, or never started).
+    """
     common = common_overrides(summary)
     frame = summary.assign(setting=summary["overrides"].map(lambda o: _setting(o, common)))
-    regression = frame["accuracy"].isna().all()
-    metric = "loss" if regression else "accuracy"
     rows = []
     for setting, jobs in frame.groupby("setting", sort=False):
         done = jobs[jobs["status"] == "ok"]
-        counts = {"jobs": jobs["job"].nunique(), "failed": jobs.loc[jobs["status"] == "failed", "job"].nunique(),
-                  "unfinished": jobs.loc[~jobs["status"].isin(["ok", "failed"]), "job"].nunique()}
+        counts = {"jobs": jobs["job"].nunique(),
+                  **{state: jobs.loc[jobs["status"] == state, "job"].nunique() for state in STATES[1:]},
+                  "unfinished": jobs.loc[~jobs["status"].isin(STATES), "job"].nunique()}
         if done.empty:
             rows.append({"setting": setting, **counts})
             continue
-        for (ways, shots, split), group in done.groupby(["ways", "shots", "split"], dropna=False, sort=False):
-            values = group[metric].astype(float)
+        done = done.assign(kind=_kind(done))
+        for (ways, shots, split, kind), group in done.groupby(["ways", "shots", "split", "kind"],
+                                                              dropna=False, sort=False):
+            values = group["accuracy" if kind == "accuracy" else "loss"].astype(float)
             rows.append({"setting": setting, "ways": ways, "shots": shots, "split": split, **counts,
-                         "seeds": len(values), metric: values.mean(),
-                         "ci95": group["ci95"].astype(float).mean(),
+                         "seeds": len(values), kind: values.mean(),
+                         f"{kind}_ci95": group["ci95"].astype(float).mean(),
                          "seed_std": values.std(ddof=1) if len(values) > 1 else math.nan})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    order = ["setting", "ways", "shots", "split", "jobs", "failed", "stopped", "unfinished", "seeds",
+             "accuracy", "accuracy_ci95", "mse", "mse_ci95", "seed_std"]
+    return table.reindex(columns=[c for c in order if c in table.columns])
 
 
 def format_table(table: pd.DataFrame) -> str:
+    """The aggregate as text: accuracy and its interval in %, MSE in its own columns."""
     shown = table.copy()
-    percent = "accuracy" in shown.columns
     for column in ("ways", "shots", "seeds"):
         if column in shown.columns:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for column in ("accuracy", "ci95", "seed_std", "loss"):
+    if "seed_std" in shown.columns:  # in the unit of its row's metric
+        percent = shown["accuracy"].notna() if "accuracy" in shown.columns else False
+        shown["seed_std"] = [("" if pd.isna(v) else f"{100 * v:.2f}" if p else f"{v:.4f}")
+                             for v, p in zip(table["seed_std"], percent if percent is not False
+                                             else [False] * len(table))]
+    for column, scale, digits in (("accuracy", 100.0, 2), ("accuracy_ci95", 100.0, 2),
+                                  ("mse", 1.0, 4), ("mse_ci95", 1.0, 4)):
         if column in shown.columns:
-            scale, digits = (100.0, 2) if percent else (1.0, 4)
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{scale * v:.{digits}f}")
-    if percent:
-        shown = shown.rename(columns={"accuracy": "accuracy %", "ci95": "± ci95", "seed_std": "seed std"})
-    cells = shown.astype(object).where(shown.notna(), "").astype(str)
-    widths = {c: max(len(c), *(len(v) for v in cells[c])) for c in cells.columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cells.columns)]
-    lines += ["  ".join(row[c].ljust(widths[c]) for c in cells.columns) for _, row in cells.iterrows()]
-    return "\n".join(line.rstrip() for line in lines)
+            shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{scale * v:.{digits}f}")
+    shown = shown.rename(columns={"accuracy": "accuracy %", "accuracy_ci95": "± ci95",
+                                  "mse": "test MSE", "mse_ci95": "± MSE ci95", "seed_std": "seed std"})
+    return text_table(shown)
 
 
 def _save_png(figure, path: Path) -> None:
@@ -89,7 +109,7 @@ def _save_png(figure, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def plot_curves(path: Path, summary: pd.DataFrame) -> Path | None:
+def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
     """Train/val loss and accuracy against iteration, one line per job."""
     import matplotlib
     matplotlib.use("Agg")
@@ -116,61 +136,84 @@ def plot_curves(path: Path, summary: pd.DataFrame) -> Path | None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, loc="upper right")
-    figure.suptitle(f"learning curves: {path.name}")
-    _save_png(figure, path / CURVES)
+    figure.suptitle(f"learning curves: {title}")
+    _save_png(figure, out / CURVES)
     plt.close(figure)
-    return path / CURVES
+    return out / CURVES
 
 
-def plot_bars(path: Path, table: pd.DataFrame) -> Path | None:
-    """Test accuracy (loss for regression) per setting with ci95 error bars."""
+def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
+    """The meta-test result of each setting with ci95 error bars: one panel per metric
+    (accuracy in %, test MSE), so a sweep over classification and regression shows both."""
+    metrics = [m for m in ("accuracy", "mse") if m in table.columns and table[m].notna().any()]
+    if not metrics:
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "accuracy" if "accuracy" in table.columns else "loss"
-    if metric not in table.columns:
-        return None
-    done = table.dropna(subset=[metric])
-    if done.empty:
-        return None
-    labels = [f"{r.setting}\n{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
-              f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in done.itertuples()]
-    scale = 100.0 if metric == "accuracy" else 1.0
-    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 5), layout="constrained")
-    ax.bar(range(len(done)), scale * done[metric], yerr=scale * done["ci95"], capsize=6, color="#4c72b0")
-    for x, (value, ci) in enumerate(zip(done[metric], done["ci95"])):
-        ax.annotate(f"{scale * value:.2f} ± {scale * ci:.2f}", (x, scale * (value + ci)),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
-    ax.set_xticks(range(len(done)), labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else "test loss (MSE)")
-    ax.set_title(f"meta-test {metric} ± ci95 per setting: {path.name}")
-    if metric == "accuracy":
-        ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    _save_png(figure, path / BARS)
+    panels = [table.dropna(subset=[m]) for m in metrics]
+    figure, axes = plt.subplots(1, len(metrics), squeeze=False, layout="constrained",
+                                figsize=(sum(max(6, 1.6 * len(p)) for p in panels), 5))
+    for ax, metric, done in zip(axes.flat, metrics, panels):
+        labels = [f"{r.setting}\n{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
+                  f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in done.itertuples()]
+        scale = 100.0 if metric == "accuracy" else 1.0
+        values, cis = scale * done[metric].astype(float), scale * done[f"{metric}_ci95"].astype(float)
+        ax.bar(range(len(done)), values, yerr=cis, capsize=6, color="#4c72b0" if metric == "accuracy" else "#dd8452")
+        for x, (value, ci) in enumerate(zip(values, cis)):
+            ax.annotate(f"{value:.2f} ± {ci:.2f}" if metric == "accuracy" else f"{value:.4f} ± {ci:.4f}",
+                        (x, value + ci), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
+                        textcoords="offset points")
+        ax.set_xticks(range(len(done)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else "test MSE (lower is better)")
+        ax.set_title("classification: meta-test accuracy ± ci95" if metric == "accuracy"
+                     else "regression: meta-test MSE ± ci95")
+        if metric == "accuracy":
+            ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"meta-test results per setting: {title}")
+    _save_png(figure, out / RESULTS)
     plt.close(figure)
-    return path / BARS
+    return out / RESULTS
 
 
-def report(path: Path) -> str:
+def report(path: Path, out: Path | None = None) -> tuple[str, str | None]:
+    """The table as text, and the error that kept its files from being written (or None).
+
+    The files (summary.csv and the plots) go into `out`, by default the folder reported on.
+    """
     path = path.expanduser().absolute()
     if not path.is_dir():
         raise UserError(f"{path} is not a directory; pass a run dir or a sweep dir (outputs/multirun/<date>/<time>).")
     if not job_dirs(path):
         raise UserError(f"{path} holds no meta-cli runs (no .hydra/ or status.json below it).")
-    summary = write_summary(path)
-    table = aggregate(summary)
-    written = [p for p in (path / "summary.csv", plot_curves(path, summary), plot_bars(path, table)) if p]
-    common = common_overrides(summary)
-    header = f"{path}: {summary['job'].nunique()} job(s)" + (f"; all with: {' '.join(common)}" if common else "")
-    return f"{header}\n{format_table(table)}\n\nwrote " + ", ".join(str(p) for p in written)
+    frame = summary(path)
+    table = aggregate(frame)
+    common = common_overrides(frame)
+    header = f"{path}: {frame['job'].nunique()} job(s)" + (f"; all with: {' '.join(common)}" if common else "")
+    text = f"{header}\n{format_table(table)}"
+    out = (out or path).expanduser().absolute()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = [p for p in (write_summary(path, out, frame), plot_curves(out, frame, path.name),
+                               plot_results(out, table, path.name)) if p]
+    except OSError as exc:
+        return text, (f"cannot write the report files (summary.csv, plots) into {out}: "
+                      f"{exc.strerror or exc}; the table above is complete. Write them elsewhere "
+                      f"with: meta-cli report {path} --out DIR")
+    return f"{text}\n\nwrote " + ", ".join(str(p) for p in written), None
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="meta-cli report",
                                      description="Table, summary.csv and plots for a run or sweep dir.")
     parser.add_argument("path", type=Path, help="a run dir or a sweep dir")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for summary.csv and the plots (default: PATH itself)")
     args = parser.parse_args(argv)
-    print(report(args.path))
+    text, error = report(args.path, args.out)
+    print(text, flush=True)
+    if error:
+        raise UserError(error)
     return 0

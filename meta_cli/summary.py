@@ -88,9 +88,11 @@ def summary(path: Path) -> pd.DataFrame:
     return frame.reindex(columns=JOB_COLUMNS + extra + ACCURACY_COLUMNS).convert_dtypes()
 
 
-def write_summary(path: Path) -> pd.DataFrame:
-    frame = summary(path)
+def write_summary(path: Path, out: Path | None = None, frame: pd.DataFrame | None = None) -> Path:
+    """summary.csv of the runs under `path`, written into `out` (default `path`)."""
+    frame = summary(path) if frame is None else frame
     text = io.StringIO()
     frame.to_csv(text, index=False)
-    write_atomic(path / "summary.csv", text.getvalue().encode())
-    return frame
+    target = (out or path) / "summary.csv"
+    write_atomic(target, text.getvalue().encode())
+    return target

@@ -161,3 +161,46 @@ def test_malicious_checkpoint_through_the_cli(cli, tmp_path):
                                env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}))
     assert "refused" in line and "evil.pt" in line
     assert not marker.exists()
+
+
+@needs_namespaces
+def test_report_of_a_read_only_folder_prints_the_table_and_one_line(cli, tmp_path, data_root, cache_dir):
+    assert cli("train", *SINUSOID, "train.iterations=20", "hydra.run.dir=run").returncode == 0
+    run = tmp_path / "run"
+    result = _in_namespace(f"mount --bind {run} {run}; mount -o remount,bind,ro {run}",
+                           ["report", str(run)], "", tmp_path, data_root, cache_dir)
+    line = _one_error_line(result)
+    assert line.startswith("meta-cli: error: cannot write the report files") and "--out DIR" in line
+    assert "test MSE" in result.stdout  # the table came first
+    assert not (run / "summary.csv").exists()
+    elsewhere = cli("report", str(run), "--out", str(tmp_path / "elsewhere"))
+    assert elsewhere.returncode == 0 and (tmp_path / "elsewhere" / "summary.csv").is_file()
+
+
+@needs_namespaces
+def test_unwritable_cache_is_one_line_before_the_run_dir(tmp_path, data_root):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = _in_namespace(f"mount --bind {cache} {cache}; mount -o remount,bind,ro {cache}",
+                           ["train", "train.iterations=2"], "", tmp_path, data_root, cache)
+    line = _one_error_line(result)
+    assert "META_CLI_CACHE" in line and str(cache) in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_failed_download_leaves_no_folder_behind(cli, tmp_path):
+    """Offline (a proxy that refuses every connection), a download that fails removes the
+    dataset folder it made; eval with a wrong data_root likewise."""
+    offline = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    data = tmp_path / "data"
+    line = _one_error_line(cli("train", "dataset=mini_imagenet", f"dataset.root={data}", env=offline))
+    assert "download failed" in line and "mini-imagenet" in line
+    assert not data.exists()
+    omniglot = cli("train", "train.iterations=2", "train.val_every=2", "train.val_episodes=2",
+                   "eval.episodes=2", "hydra.run.dir=omni")
+    assert omniglot.returncode == 0, omniglot.stderr
+    line = _one_error_line(cli("eval", f"checkpoint={tmp_path / 'omni' / 'checkpoints' / 'best.pt'}",
+                               f"data_root={tmp_path / 'nowhere'}", env=offline))
+    assert "data_root=" in line and "META_CLI_DATA" in line
+    assert not (tmp_path / "nowhere").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_report_prints_the_table_and_writes_the_plots(cli, failed_sweep):
     assert first.returncode == 0, first.stderr
     assert "train.meta_lr=0.002" in first.stdout and "failed" in first.stdout
     before = (sweep / "summary.csv").read_text()
-    for png in ("learning_curves.png", "test_accuracy.png"):
+    for png in ("learning_curves.png", "test_results.png"):
         data = (sweep / png).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
     again = cli("report", str(sweep))  # idempotent
@@ -172,20 +173,20 @@ def test_optuna_refuses_keys_the_algorithm_lacks(cli, tmp_path):
 
 
 def test_missing_plugin_names_the_extra(monkeypatch):
-    from meta_cli import precheck
+    from meta_cli import preflight
     from meta_cli.errors import UserError
 
-    real = precheck.importlib.import_module
+    real = preflight.importlib.import_module
 
     def without_joblib(name, *args):
         if name == "hydra_plugins.hydra_joblib_launcher":
             raise ImportError(name)
         return real(name, *args)
 
-    monkeypatch.setattr(precheck.importlib, "import_module", without_joblib)
+    monkeypatch.setattr(preflight.importlib, "import_module", without_joblib)
     with pytest.raises(UserError, match=r"pip install 'meta-cli\[launchers\]'"):
-        precheck.check_plugins(["hydra/launcher=joblib"])
-    precheck.check_plugins(["hydra/launcher=submitit_local"])  # installed: no error
+        preflight.check_plugins(["hydra/launcher=joblib"])
+    preflight.check_plugins(["hydra/launcher=submitit_local"])  # installed: no error
 
 
 def test_tensorboard_logger_writes_the_scalars(cli, tmp_path):
@@ -202,3 +203,38 @@ def test_tensorboard_logger_writes_the_scalars(cli, tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == train["iteration"].tolist()
     for event, value in zip(events.Scalars("train/loss"), train["loss"]):
         assert math.isclose(event.value, value, rel_tol=1e-5)  # float32 vs 6 digits
+
+
+def test_report_keeps_regression_and_classification_apart(cli, tmp_path):
+    """A sweep over sinusoid (MSE) and Omniglot (accuracy): each result in its own columns,
+    both in the plot; the MSE is shown as it is, not as a percentage."""
+    result = cli("train", "-m", "dataset=sinusoid,omniglot", "train.iterations=2", "train.val_every=2",
+                 "train.val_episodes=4", "train.meta_batch_size=2", "eval.episodes=10", "train.progress=false")
+    assert result.returncode == 0, result.stderr
+    sweep = _sweep_dir(tmp_path)
+    report = cli("report", str(sweep))
+    assert report.returncode == 0, report.stderr
+    header, *rows = [line for line in report.stdout.splitlines()[1:] if line.strip()][:3]
+    assert "accuracy %" in header and "test MSE" in header
+    summary = pd.read_csv(sweep / "summary.csv")
+    mse = summary.loc[summary["dataset"] == "sinusoid", "loss"].item()
+    accuracy = summary.loc[summary["dataset"] == "omniglot", "accuracy"].item()
+    sinusoid = next(r for r in rows if r.startswith("dataset=sinusoid"))
+    omniglot = next(r for r in rows if r.startswith("dataset=omniglot"))
+    assert f"{mse:.4f}" in sinusoid and f"{100 * mse:.2f}" not in sinusoid
+    assert f"{100 * accuracy:.2f}" in omniglot
+    assert (sweep / "test_results.png").read_bytes().startswith(PNG)
+
+
+def test_report_counts_stopped_apart_from_failed_and_unfinished(tmp_path):
+    from meta_cli.report import aggregate, format_table
+
+    frame = pd.DataFrame({
+        "job": ["0", "1", "2", "3"], "status": ["ok", "failed", "stopped", "running"],
+        "overrides": ["seed=0", "seed=1", "seed=2", "seed=3"],
+        "ways": [5, None, None, None], "shots": [1, None, None, None], "split": ["test", None, None, None],
+        "accuracy": [0.5, None, None, None], "ci95": [0.01, None, None, None], "loss": [1.0, None, None, None]})
+    (row,) = aggregate(frame).to_dict("records")
+    assert (row["jobs"], row["failed"], row["stopped"], row["unfinished"], row["seeds"]) == (4, 1, 1, 1, 1)
+    assert "stopped" in format_table(aggregate(frame)).splitlines()[0]
+
