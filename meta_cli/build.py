@@ -19,10 +19,26 @@ from omegaconf import DictConfig
 
 from meta_cli.algorithms.base import Algorithm, Task
 from meta_cli.data.base import DATASET_KEYS, TaskSource
+from meta_cli.distributed import World
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings, head_ways
-from meta_cli.loop import TrainSettings
+from meta_cli.evaluation import EpisodeValidation, EvalSettings, head_ways
+from meta_cli.loop import Trainer, schedule
+from meta_cli.outputs import RunOutputs
+from meta_cli.settings import TrainSettings, uses_bf16
+from meta_cli.steps import BatchStep, EpisodeStep
 from meta_cli.validation import TRAIN_GROUPS, check_config, check_node, plain
+
+
+def trainer(run: Run, settings: TrainSettings, world: World, outputs: RunOutputs) -> Trainer:
+    """The Trainer of a built run: the step its algorithm learns by, its validation, outputs."""
+    algorithm, source, seed = run.algorithm, run.source, run.config["seed"]
+    optimizer = algorithm.meta_optimizer(settings.meta_lr)
+    bf16 = uses_bf16(settings.precision, run.device.type)
+    step_kind = BatchStep if algorithm.learns_from == "batches" else EpisodeStep
+    step = step_kind(algorithm, source, settings, seed, optimizer, world, bf16)
+    validate = EpisodeValidation(algorithm, source, settings.val_episodes, seed, world)
+    return Trainer(algorithm, step, validate, outputs, settings, world, optimizer,
+                   schedule(optimizer, settings.lr_schedule, settings.iterations))
 
 
 def instantiate(node: dict[str, Any], **kwargs: Any) -> Any:
@@ -53,8 +69,10 @@ def outputs_of(task: Task, ways: int) -> int:
 
 def check_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...]) -> None:
     """The algorithm's and the backbone's own checks, on the config alone."""
-    get_object(config["algorithm"]["_target_"]).check(task, **_arguments(config["algorithm"]))
-    get_object(config["backbone"]["_target_"]).check(input_shape, **_arguments(config["backbone"]))
+    backbone = get_object(config["backbone"]["_target_"])
+    get_object(config["algorithm"]["_target_"]).check(  # first: the task decides the rest
+        task, vmap_blocker=backbone.vmap_blocker(**_arguments(config["backbone"])), **_arguments(config["algorithm"]))
+    backbone.check(input_shape, **_arguments(config["backbone"]))
 
 
 def build_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...], ways: int) -> Algorithm:

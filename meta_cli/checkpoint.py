@@ -10,8 +10,10 @@ import errno
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,31 @@ def latest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
             warn(f"{reason} Falling back to the previous checkpoint.")
         return found
     return None
+
+
+LAST = "last.pt"
+
+
+def link_last(path: Path) -> None:
+    """Make checkpoints/last.pt the newest committed step checkpoint `path` (as Lightning's
+    last.ckpt): a hard link (a copy where links are not supported) renamed into place, then
+    its manifest. Like `save`: the old manifest goes first, so last.pt is never vouched for by
+    another file's manifest, and signals wait for the commit."""
+    last = path.parent / LAST
+    manifest = json.loads(manifest_path(path).read_text())
+    try:
+        with stopping.deferred():
+            manifest_path(last).unlink(missing_ok=True)
+            temp = path.parent / f".{LAST}.{os.getpid()}.part"
+            temp.unlink(missing_ok=True)
+            try:
+                os.link(path, temp)
+            except OSError:
+                shutil.copyfile(path, temp)
+            os.replace(temp, last)
+            write_atomic(manifest_path(last), json.dumps({**manifest, "file": LAST}, indent=1).encode())
+    except OSError as exc:
+        raise _write_error(last, exc) from exc
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from meta_cli.errors import UserError, warn
 
@@ -67,32 +68,55 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     warn(" ".join(str(message).split()))
 
 
-def _preflight(command: str, args: list[str]) -> list[str]:
-    """Check the command line; returns it (train: with `resume=` expanded). UserError on a fault."""
-    from meta_cli import lock
-    from meta_cli.preflight import check_plugins, check_writable, compose_jobs, split_args
+def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
+    """Check the command line; returns it (train: `resume=` expanded; under torchrun/SLURM:
+    rank 0's run dir) and the number of processes to relaunch it as (1: run it here).
+    UserError on a fault."""
+    from meta_cli import distributed, launch, lock
+    from meta_cli.preflight import (
+        check,
+        check_plugins,
+        check_writable,
+        compose_jobs,
+        split_args,
+    )
 
     flags = set(split_args(args)[0])
     if flags & UNCHECKED_FLAGS:
-        return args
-    info = bool(flags & INFO_FLAGS)
-    if command == "train" and not info:
+        return args, 1
+    multirun = "-m" in flags or "--multirun" in flags
+    check_plugins(split_args(args)[1])
+    jobs = compose_jobs(command, split_args(args)[1])
+    if flags & INFO_FLAGS:
+        return args, 1
+    world = distributed.world()
+    first = jobs[0].config
+    if distributed.launched() and "distributed" in first:
+        from meta_cli.device import pick_device
+
+        settings = {k: v for k, v in first["distributed"].items() if not k.startswith("_")}
+        world = distributed.init(distributed.DistributedSettings(**settings), pick_device(first["device"]["kind"]).type)
+        args = launch.agree_on_run_dir(args, multirun, world)
+    if command == "train":
         from meta_cli.resume import resume_args
 
-        args = resume_args(args)
-    _, overrides = split_args(args)
-    multirun = "-m" in flags or "--multirun" in flags
-    check_plugins(overrides)
-    configs = compose_jobs(command, overrides)
-    if info:
-        return args
-    importlib.import_module(COMMANDS[command][0]).precheck(configs)
-    check_writable(overrides, multirun)
-    resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
-    if command == "train" and any(o.startswith("resume=") for o in overrides) and resumed:
-        # Before Hydra rewrites <run>/.hydra: a run dir another process trains in is refused here.
-        lock.acquire(Path(resumed[-1]))
-    return args
+        expanded = resume_args(args)
+        if expanded != args:
+            args, jobs = expanded, compose_jobs(command, split_args(expanded)[1])
+    overrides = split_args(args)[1]
+    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), None)
+    processes = launch.processes([j.config for j in jobs], launcher) if not distributed.launched() else 1
+    if world.main:  # the other ranks would only repeat its checks (and its messages)
+        app = importlib.import_module(COMMANDS[command][0])
+        cache: dict[str, Any] = {}
+        for job in jobs:
+            check(job, lambda config: app.precheck(config, cache))
+        check_writable(overrides, multirun)
+        resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
+        if command == "train" and processes == 1 and any(o.startswith("resume=") for o in overrides) and resumed:
+            # Before Hydra rewrites <run>/.hydra: a run dir another process trains in is refused here.
+            lock.acquire(Path(resumed[-1]))
+    return args, processes
 
 
 def run(argv: list[str]) -> int:
@@ -117,12 +141,16 @@ def run(argv: list[str]) -> int:
             return importlib.import_module(module_name).main(args)
         except UserError as exc:
             return _error(str(exc), 1)
+    from meta_cli import launch
+
     try:
-        args = _preflight(command, args)
+        args, processes = _preflight(command, args)
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        return _error(str(exc), 1)
+        return 1 if launch.quiet_rank() else _error(str(exc), 1)
+    if processes > 1:
+        return launch.relaunch(command, args, processes, "-m" in args or "--multirun" in args)
     module = importlib.import_module(module_name)
     from meta_cli.job import FAILED
     from meta_cli.summary import SWEEP_DIRS, summary, write_summary
@@ -134,7 +162,7 @@ def run(argv: list[str]) -> int:
         # Here rather than only in on_multirun_end, which Hydra skips when a job raised; and
         # jobs of a parallel launcher fail in other processes, so read their status.json.
         failed_jobs = 0
-        for sweep in (d for d in SWEEP_DIRS if d.is_dir()):
+        for sweep in (d for d in SWEEP_DIRS if d.is_dir() and not launch.quiet_rank()):
             frame = summary(sweep)
             write_summary(sweep, frame=frame)
             states = frame.drop_duplicates("job")["status"].value_counts()

@@ -4,14 +4,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import torch
 
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import Split, TaskSource
+from meta_cli.distributed import World
 from meta_cli.errors import UserError
-from meta_cli.metrics import EpisodeMean
+from meta_cli.metrics import mean_ci95
 from meta_cli.params import Ge
 
 Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
@@ -85,18 +86,63 @@ class Result:
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
-             ways: int, shots: int, query: int) -> Result:
-    """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`."""
-    accuracy, loss = EpisodeMean(), EpisodeMean()
+             ways: int, shots: int, query: int, world: World = World()) -> Result:
+    """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
+
+    Each process evaluates its contiguous share of the episode numbers and the per-episode
+    results are gathered in episode order, so any number of processes gives the result of one.
+    """
+    losses, accuracies = [], []
     with torch.no_grad():
-        for index in range(episodes):
+        for index in world.share(episodes):
             episode = source.episode(split, index, seed, ways, shots, query)
             episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
-            loss.update(episode_loss.item())
+            losses.append(episode_loss.item())
             if episode_accuracy is not None:
-                accuracy.update(episode_accuracy.item())
-    mean_loss, loss_ci = loss.compute()
-    if accuracy.values:
-        mean_acc, acc_ci = accuracy.compute()
-        return Result(ways, shots, query, episodes, mean_acc, acc_ci, mean_loss, loss.values, accuracy.values)
-    return Result(ways, shots, query, episodes, math.nan, loss_ci, mean_loss, loss.values)
+                accuracies.append(episode_accuracy.item())
+    losses, accuracies = world.gather(losses), world.gather(accuracies)
+    mean_loss, loss_ci = mean_ci95(losses)
+    if accuracies:
+        mean_acc, acc_ci = mean_ci95(accuracies)
+        return Result(ways, shots, query, episodes, mean_acc, acc_ci, mean_loss, losses, accuracies)
+    return Result(ways, shots, query, episodes, math.nan, loss_ci, mean_loss, losses)
+
+
+class Validation(Protocol):
+    """The metric that picks best.pt, computed every `train.val_every` iterations."""
+
+    metric: str  # its name in the best record, e.g. "val_accuracy"
+
+    def __call__(self, iteration: int) -> tuple[float, dict[str, float | None]]:
+        """The metric, and the values of the val row of metrics.csv."""
+
+    def better(self, value: float, best: float) -> bool:
+        """Whether `value` beats the best so far."""
+
+
+class EpisodeValidation:
+    """Meta-validation: accuracy (loss for regression) over `episodes` fixed val episodes of
+    the dataset's shape, meta-tested as in `eval` and split across processes."""
+
+    def __init__(self, algorithm: Algorithm, source: TaskSource, episodes: int, seed: int,
+                 world: World = World()) -> None:
+        self.algorithm, self.source, self.episodes, self.seed, self.world = algorithm, source, episodes, seed, world
+        self.classification = source.task == "classification"
+        self.metric = "val_accuracy" if self.classification else "val_loss"
+
+    def better(self, value: float, best: float) -> bool:
+        return value > best if self.classification else value < best
+
+    def __call__(self, iteration: int) -> tuple[float, dict[str, float | None]]:
+        # As meta-testing: dropout off, running statistics (resnet12, wrn28) used, not updated.
+        self.algorithm.eval()
+        try:
+            result = evaluate(self.algorithm, self.source, "val", self.episodes, self.seed,
+                              self.source.ways, self.source.shots, self.source.query, self.world)
+        finally:
+            self.algorithm.train()
+        if not math.isfinite(result.loss):
+            raise UserError(f"the val loss is {result.loss} at iteration {iteration} (split val); the last "
+                            f"good checkpoint is kept: lower train.meta_lr.")
+        accuracy = None if math.isnan(result.accuracy) else result.accuracy
+        return (accuracy if self.classification else result.loss), {"loss": result.loss, "accuracy": accuracy}

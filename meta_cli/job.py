@@ -12,8 +12,9 @@ from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
-from meta_cli import allocator, lock
+from meta_cli import allocator, lock, presets
 from meta_cli.atomic import write_atomic
+from meta_cli.distributed import RankLost, env_rank
 from meta_cli.errors import UserError
 from meta_cli.stopping import Stopped
 
@@ -57,6 +58,9 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     it is touched.
     """
     allocator.tune_process()  # here, so that launcher worker processes get it too
+    rank = env_rank()
+    if rank > 0:
+        return _other_rank(work, rank)
     hydra = HydraConfig.get()
     out = run_dir()
     if trains:
@@ -70,6 +74,8 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
         "status": "running", "error": None, "start": _now(), "end": None,
         "overrides": list(hydra.overrides.task), "job": hydra.job.get("num"), "run_dir": str(out),
     }
+    if trains:
+        status["preset"] = presets.applied(hydra.runtime.choices.get("preset")) or "none"
     _write_status(out, status)
     try:
         result = work()
@@ -101,4 +107,27 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
         if trains:
             lock.release(out)
     FAILED.append(status["error"])
+    return None
+
+
+def _other_rank(work: Callable[[], T], rank: int) -> T | None:
+    """A job on rank > 0 of a distributed run: it computes its share and writes nothing.
+
+    An error every rank raises alike (a bad value, a non-finite loss after the all-reduce)
+    is rank 0's to report, in one line; a rank that lost its peers, or failed on its own,
+    says so itself."""
+    try:
+        return work()
+    except RankLost as exc:
+        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
+        FAILED.append(str(exc))
+    except UserError as exc:
+        FAILED.append(str(exc))
+    except Stopped as stop:
+        raise SystemExit(stop.exit_code) from None
+    except Exception as exc:  # its own fault: the others will report losing it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"meta-cli: error: rank {rank}: unexpected {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        FAILED.append(first)
     return None

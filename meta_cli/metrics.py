@@ -1,4 +1,4 @@
-"""Episode accuracy with a 95% confidence interval: a functional core and a stateful twin."""
+"""Episode accuracy with a 95% confidence interval."""
 from __future__ import annotations
 
 import math
@@ -18,19 +18,3 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
     if x.size == 1:
         return float(x[0]), 0.0
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(x.size))
-
-
-class EpisodeMean:
-    """Accumulates one value per episode (accuracy or loss); `compute()` -> (mean, ci95)."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-
-    def update(self, value: float) -> None:
-        self.values.append(float(value))
-
-    def compute(self) -> tuple[float, float]:
-        return mean_ci95(self.values)
-
-    def reset(self) -> None:
-        self.values.clear()

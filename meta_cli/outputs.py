@@ -1,22 +1,24 @@
-"""The run dir's CSV files: metrics.csv (learning curve) and accuracy.csv (meta-test)."""
+"""What a training run writes: checkpoints and metrics.csv through `RunOutputs`, and the
+meta-test's accuracy.csv and episodes.csv; the one text-table formatter of the CLI."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
-import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from meta_cli.atomic import write_atomic
-from meta_cli.errors import UserError
 
+#: metrics.csv of classification and regression; meta-RL puts its returns in place of accuracy.
 METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "elapsed_s"]
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
 
 
-def _cell(value: Any) -> Any:
+def cell(value: Any) -> Any:
+    """A CSV cell: empty for None/NaN, floats to 6 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
@@ -24,50 +26,76 @@ def _cell(value: Any) -> Any:
     return value
 
 
-class MetricsLog:
-    """Appends rows to metrics.csv, flushed per row so a crash loses nothing written.
+class RunOutputs:
+    """The files a training run keeps up to date in its run dir: the logger's (metrics.csv,
+    TensorBoard) and the checkpoints (step-N.pt, best.pt, last.pt, each with its manifest).
 
-    `rows` counts the data rows; a checkpoint stores it, and a resumed run first cuts the file
-    back to that count, so rows written after the checkpoint are neither lost nor duplicated.
+    Only rank 0 writes (`writes=True`); the other ranks hold one that writes nothing but counts
+    the rows it would have written, so that every rank's state (a checkpoint's row count
+    included) is the same.
     """
 
-    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
-        self.path = path
-        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-        data = lines[1:]
-        if keep_rows is not None and len(data) != keep_rows:
-            write_atomic(path, "".join(lines[:1] + data[:keep_rows]).encode())
-            data = data[:keep_rows]
-        self.rows = len(data)
-        self._file = open(path, "a", newline="")
-        self._writer = csv.writer(self._file)
-        if not lines:
-            self._writer.writerow(METRICS_COLUMNS)
-            self._file.flush()
+    def __init__(self, run_dir: Path, columns: list[str], saved: dict[str, Any], keep: int,
+                 make_logger: Callable[..., Any], writes: bool = True) -> None:
+        self.run_dir, self.columns, self.saved, self.keep = run_dir, columns, saved, keep
+        self.make_logger, self.writes = make_logger, writes
+        self.checkpoints = run_dir / "checkpoints"
+        self.rows = 0  # data rows of metrics.csv that belong to the run so far
+        self._logger: Any = None
 
-    def write(self, iteration: int, split: str, loss: float, accuracy: float | None,
-              tasks_per_s: float | None, elapsed_s: float) -> None:
+    @contextlib.contextmanager
+    def opened(self, start_iteration: int) -> Iterator["RunOutputs"]:
+        """The logger open for the block, metrics.csv cut back to the rows the run counts."""
+        if not self.writes:
+            yield self
+            return
+        from meta_cli import checkpoint
+
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partials(self.checkpoints)
+        self._logger = self.make_logger(columns=self.columns, keep_rows=self.rows,
+                                        start_iteration=start_iteration)
         try:
-            self._writer.writerow([_cell(v) for v in (iteration, split, loss, accuracy, tasks_per_s, elapsed_s)])
-            self._file.flush()
-        except OSError as exc:
-            raise self._error(exc) from exc
+            yield self
+        finally:
+            self._logger.close()
+            self._logger = None
+
+    def row(self, iteration: int, split: str, values: dict[str, Any]) -> None:
         self.rows += 1
+        if self.writes:
+            self._logger.log(iteration, split, values)
 
-    def sync(self) -> None:
-        """Make the rows so far durable before a checkpoint that counts them is committed."""
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            raise self._error(exc) from exc
+    def step_path(self, iteration: int) -> Path:
+        from meta_cli import checkpoint
 
-    def _error(self, exc: OSError) -> UserError:
-        return UserError(f"could not write {self.path}: {exc.strerror or exc} (errno {exc.errno}); "
-                         f"the last checkpoint is intact: fix the disk and resume the run.")
+        return self.checkpoints / checkpoint.step_name(iteration)
 
-    def close(self) -> None:
-        self._file.close()
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Checkpoint `name` of `state`, with what every checkpoint holds (config, splits...)."""
+        if self.writes:
+            from meta_cli import checkpoint
+
+            self._logger.sync()  # the rows a checkpoint counts are on disk before it
+            checkpoint.save({**self.saved, **state}, self.checkpoints / name)
+
+    def commit_step(self, iteration: int, state: dict[str, Any]) -> None:
+        """step-N.pt (unless already committed), last.pt as that same file, then the oldest
+        step checkpoints beyond `keep` pruned."""
+        from meta_cli import checkpoint
+
+        path = self.step_path(iteration)
+        if not self.writes or checkpoint.manifest_path(path).exists():
+            return
+        self.save(path.name, state)
+        checkpoint.link_last(path)
+        checkpoint.prune(self.checkpoints, self.keep)
+
+    def last_committed(self) -> tuple[int, str | None]:
+        from meta_cli import checkpoint
+
+        found = checkpoint.latest_committed(self.checkpoints)
+        return (found[0], str(found[1])) if found else (0, None)
 
 
 EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
@@ -79,7 +107,7 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) ->
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in columns})
+        writer.writerow({k: cell(row.get(k)) for k in columns})
     write_atomic(path, text.getvalue().encode())
 
 
@@ -100,7 +128,7 @@ def text_table(rows: Any, columns: list[str] | None = None) -> str:
         columns = columns or [str(c) for c in rows.columns]
         rows = rows.astype(object).where(rows.notna(), "").to_dict("records")
     columns = columns or list(rows[0]) if rows else (columns or [])
-    cells = [[str(_cell(row.get(c))) for c in columns] for row in rows]
+    cells = [[str(cell(row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     lines = [columns, *cells]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

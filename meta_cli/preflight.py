@@ -13,15 +13,17 @@ import importlib
 import itertools
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from meta_cli import presets
 from meta_cli.errors import UserError
 from meta_cli.validation import check_config, plain
 
@@ -79,7 +81,7 @@ def _explain(exc: Exception) -> str:
 
 def _compose(config_name: str, overrides: list[str]):
     try:
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except HydraException as exc:
         key = re.search(r"Could not override '([^']+)'", str(exc))
         if key and "+" + key.group(1) in str(exc):  # "To append to your config use +key=..."
@@ -87,7 +89,7 @@ def _compose(config_name: str, overrides: list[str]):
             bad = key.group(1)
             fixed = ["+" + o if o.split("=", 1)[0] == bad else o for o in overrides]
             try:
-                return compose(config_name=config_name, overrides=fixed)
+                return compose(config_name=config_name, overrides=fixed, return_hydra_config=True)
             except HydraException:
                 pass
         raise UserError(_explain(exc))
@@ -108,21 +110,42 @@ def _check_search_space(config_name: str, overrides: list[str]) -> None:
                             f"hydra.sweeper.params.")
 
 
-def compose_jobs(command: str, overrides: list[str]) -> list[dict[str, Any]]:
-    """Every job's config (up to MAX_COMBINATIONS), composed and validated; the first fault is
-    a UserError."""
+@dataclass
+class Job:
+    """One job of a command line: its composed config, its own overrides, its preset choice."""
+
+    config: dict[str, Any]
+    overrides: list[str]
+    preset: str | None
+
+
+def compose_jobs(command: str, overrides: list[str]) -> list[Job]:
+    """Every job (up to MAX_COMBINATIONS), composed and validated; the first fault is a
+    UserError (naming the preset when the faulty key came from it)."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
-            configs = []
+            jobs = []
             for combo in _combinations(overrides):
-                config = plain(_compose(command, combo))
-                check_config(command, config)
-                configs.append(config)
+                composed = _compose(command, combo)
+                choice = OmegaConf.select(composed, "hydra.runtime.choices.preset", default=None)
+                with open_dict(composed):
+                    del composed["hydra"]
+                job = Job(plain(composed), combo, choice)
+                check(job, lambda config: check_config(command, config))
+                jobs.append(job)
             _check_search_space(command, overrides)
     finally:
         GlobalHydra.instance().clear()
-    return configs
+    return jobs
+
+
+def check(job: Job, checker: Callable[[dict[str, Any]], Any]) -> None:
+    """`checker(job.config)`, its UserError naming the preset if the faulty key came from it."""
+    try:
+        checker(job.config)
+    except UserError as exc:
+        raise presets.blame(exc, job.preset, job.overrides) from None
 
 
 def check_writable(overrides: list[str], multirun: bool) -> None:

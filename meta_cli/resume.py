@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     import torch
 
 #: Settings that may differ between the checkpoint and the resuming command: where the data
-#: lies, the device, the progress bar, the logger. Anything else changes the experiment.
-FREE_KEYS = ("resume", "dataset.root", "dataset.download", "device", "train.progress", "logger")
+#: lies, the device, the progress bar, the logger, the number of processes (the episodes are
+#: numbered, so a meta-batch is the same however it is shared). Anything else changes the experiment.
+FREE_KEYS = ("resume", "dataset.root", "dataset.download", "device", "train.progress", "logger", "distributed")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

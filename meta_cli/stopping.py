@@ -30,21 +30,29 @@ class Stopped(BaseException):
         self.signal_name, self.iteration, self.checkpoint, self.exit_code = (
             signal_name, iteration, checkpoint, exit_code)
 
+    @classmethod
+    def by(cls, signum: int, iteration: int, checkpoint: Any) -> "Stopped":
+        return cls(signal.Signals(signum).name, iteration, None if checkpoint is None else str(checkpoint),
+                   128 + signum)
+
 
 class StopRequest:
     """While active, the first SIGTERM/SIGINT is only recorded; the loop polls `signum` after
     each meta-step, saves and stops. A second one raises KeyboardInterrupt (after any commit
-    in progress, see `deferred`)."""
+    in progress, see `deferred`) — except in a run of several processes: torchrun forwards a
+    terminal's Ctrl-C to every worker, which then receives it twice, and ends workers that
+    outlast its own grace period itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, several: bool = False) -> None:
         self.signum: int | None = None
+        self.several = several
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # asked twice: the user does not want to wait
+        if self.signum is not None and not self.several:  # asked twice: the user does not want to wait
             self.__exit__()
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # signals only go there

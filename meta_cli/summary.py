@@ -31,7 +31,10 @@ class SweepCallback(Callback):
         SWEEP_DIRS.append(Path(str(config.hydra.sweep.dir)).absolute())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(str(config.hydra.sweep.dir)).absolute())
+        from meta_cli.distributed import env_rank
+
+        if env_rank() == 0:  # rank 0 alone writes
+            write_summary(Path(str(config.hydra.sweep.dir)).absolute())
 
 
 def job_dirs(path: Path) -> list[Path]:

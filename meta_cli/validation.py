@@ -30,14 +30,14 @@ _NUMBER_KINDS = {int: "an integer", float: "a number", bool: "true or false", st
 #: The top-level keys of each command's config.
 TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
 COMMAND_KEYS = {
-    "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "logger"},
-    "eval": {"checkpoint", "data_root", "eval", "device"},
+    "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "logger", "distributed"},
+    "eval": {"checkpoint", "data_root", "eval", "device", "distributed"},
     "predict": {"checkpoint", "support", "query", "device"},
 }
 #: Nodes of each command checked against their constructors.
 COMMAND_NODES = {
-    "train": (*TRAIN_GROUPS, "train", "eval", "logger"),
-    "eval": ("eval", "device"),
+    "train": (*TRAIN_GROUPS, "train", "eval", "logger", "distributed"),
+    "eval": ("eval", "device", "distributed"),
     "predict": ("device",),
 }
 #: Keys a command cannot run without, and an example of each.
@@ -135,8 +135,19 @@ def check_seed(seed: Any) -> int:
     return seed
 
 
+#: Keys that were removed, and what replaced them.
+RETIRED = {
+    "train.workers": "train.workers is gone: several processes now share a run through torch.distributed; "
+                     "use distributed.processes=N (or torchrun --nproc_per_node=N -m meta_cli train ...).",
+}
+
+
 def check_config(command: str, config: dict[str, Any]) -> None:
     """Every check of one job's composed config that needs neither data nor torch."""
+    for key, message in RETIRED.items():
+        node, _, leaf = key.partition(".")
+        if isinstance(config.get(node), dict) and leaf in config[node]:
+            raise UserError(message)
     keys = COMMAND_KEYS[command]
     check_keys(config, keys, "")
     for key, example in REQUIRED.get(command, {}).items():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from meta_cli._l2l import l2l
 from meta_cli.errors import UserError
 from meta_cli.models.conv4 import Conv4

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import torch
-
 from conftest import run_dirs
+
 from meta_cli.outputs import ACCURACY_COLUMNS, METRICS_COLUMNS
 
 TINY_OMNIGLOT = ["train.iterations=4", "train.meta_batch_size=2", "train.val_every=2",
@@ -94,7 +94,8 @@ def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path, data_root):
 
     payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert payload["config"]["algorithm"]["fast_lr"] == 0.4 and isinstance(payload["config"], dict)
-    assert payload["choices"] == {"algorithm": "maml", "dataset": "omniglot", "backbone": "conv4"}
+    assert payload["choices"] == {"algorithm": "maml", "dataset": "omniglot", "backbone": "conv4",
+                                  "preset": "maml_omniglot_conv4"}
     assert len(payload["splits"]["test"]) == 47 and payload["preprocessing"]["image_size"] == 28
     assert {"algorithm", "optimizer", "iteration", "rng", "best"} <= set(payload)
     assert set(payload["rng"]) >= {"python", "numpy", "torch"}

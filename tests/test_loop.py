@@ -1,4 +1,4 @@
-"""The training loop's guards, on a model small enough to reason about."""
+"""The training loop and its step's guards, on a model small enough to reason about."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +6,15 @@ import torch
 
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.sinusoid import Sinusoid
+from meta_cli.distributed import World
 from meta_cli.errors import UserError
-from meta_cli.loop import Trainer, TrainSettings
+from meta_cli.evaluation import EpisodeValidation
+from meta_cli.loggers import CsvLogger
+from meta_cli.loop import Trainer, schedule
 from meta_cli.models.mlp import MLP
+from meta_cli.outputs import METRICS_COLUMNS, RunOutputs
+from meta_cli.settings import TrainSettings
+from meta_cli.steps import EpisodeStep, apply_gradient
 
 
 class SqrtOfWeight(Algorithm):
@@ -22,27 +28,33 @@ class SqrtOfWeight(Algorithm):
         return torch.sqrt(self.w) + 1.0, None
 
 
-def _trainer(tmp_path, w: float, **settings) -> Trainer:
-    source = Sinusoid()
-    algorithm = SqrtOfWeight(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=w)
-    return Trainer(algorithm, source, TrainSettings(progress=False, meta_batch_size=2, **settings),
-                   tmp_path, seed=0, saved={})
+def _trainer(tmp_path, w: float, algorithm_class=SqrtOfWeight, source=None, **settings) -> Trainer:
+    source = source or Sinusoid()
+    algorithm = algorithm_class(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=w)
+    s = TrainSettings(progress=False, meta_batch_size=2, **settings)
+    optimizer = algorithm.meta_optimizer(s.meta_lr)
+    step = EpisodeStep(algorithm, source, s, 0, optimizer, World(), bf16=False)
+    outputs = RunOutputs(tmp_path, METRICS_COLUMNS, {}, s.keep_checkpoints,
+                         lambda **kw: CsvLogger(tmp_path, **kw))
+    return Trainer(algorithm, step, EpisodeValidation(algorithm, source, 2, 0), outputs, s, World(),
+                   optimizer, schedule(optimizer, s.lr_schedule, s.iterations))
 
 
 def test_non_finite_gradient_stops_before_the_update(tmp_path):
     trainer = _trainer(tmp_path, w=0.0)
     with pytest.raises(UserError, match=r"meta-gradient norm is inf at iteration 1 \(split train\)"):
         trainer.fit()
-    assert trainer.algorithm.w.item() == 0.0  # no Adam step with an infinite gradient
+    assert trainer.model.w.item() == 0.0  # no Adam step with an infinite gradient
     assert not list((tmp_path / "checkpoints").glob("step-*"))
 
 
-def test_clip_grad_norm_bounds_the_meta_gradient(tmp_path):
-    trainer = _trainer(tmp_path, w=1e-6, clip_grad_norm=0.5)
-    trainer.optimizer.zero_grad()
-    (torch.sqrt(trainer.algorithm.w)).backward()  # d/dw sqrt(w) = 500 at w = 1e-6
-    trainer._check_gradient(1)
-    assert torch.isclose(trainer.algorithm.w.grad, torch.tensor(0.5))
+def test_clip_grad_norm_bounds_the_meta_gradient():
+    w = torch.nn.Parameter(torch.tensor(1e-6))
+    optimizer = torch.optim.SGD([w], lr=1.0)
+    torch.sqrt(w).backward()  # d/dw sqrt(w) = 500 at w = 1e-6
+    apply_gradient(optimizer, [w], clip=0.5, iteration=1)
+    assert torch.isclose(w.grad, torch.tensor(0.5))
+    assert torch.isclose(w.detach(), torch.tensor(1e-6 - 0.5))
 
 
 class ShapeRecorder(SqrtOfWeight):
@@ -60,11 +72,8 @@ def test_train_query_sets_the_query_size_of_meta_training_episodes_only(tmp_path
     """train.query (Reptile's "train shots") draws meta-training episodes with that many query
     points; null keeps dataset.query."""
     ShapeRecorder.seen = []
-    source = Sinusoid(shots=2, query=4)
-    algorithm = ShapeRecorder(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=1.0)
-    trainer = Trainer(algorithm, source, TrainSettings(progress=False, meta_batch_size=2, query=query),
-                      tmp_path, seed=0, saved={})
-    trainer.meta_step(1)
+    trainer = _trainer(tmp_path, 1.0, ShapeRecorder, Sinusoid(shots=2, query=4), query=query)
+    trainer.step(1)
     assert ShapeRecorder.seen == [expected, expected]
 
 
@@ -77,7 +86,33 @@ def test_lr_schedule_decays_the_meta_lr_per_step_to_zero(tmp_path, kind, expecte
     trainer = _trainer(tmp_path, w=1.0, meta_lr=0.1, iterations=4, lr_schedule=kind,
                        val_every=100, checkpoint_every=100)
     seen = []
-    for iteration in range(1, 5):
+
+    def step(iteration):
         seen.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.meta_step(iteration)
+        return real(iteration)
+
+    real, trainer.step = trainer.step, step
+    trainer.fit()
     assert seen == pytest.approx(expected)
+
+
+def test_state_dict_round_trip_continues_exactly(tmp_path):
+    """Training 4 iterations equals training 2, restoring the state in a new Trainer, and
+    training 2 more: the state is all a checkpoint needs."""
+    settings = {"val_every": 2, "checkpoint_every": 2, "log_every": 1}
+    straight = _trainer(tmp_path / "a", w=1.0, iterations=4, **settings)
+    straight.fit()
+    first = _trainer(tmp_path / "b", w=1.0, iterations=2, **settings)
+    first.fit()
+    second = _trainer(tmp_path / "b", w=0.5, iterations=4, **settings)
+    second.load_state_dict(first.state_dict())
+    second.fit()
+    assert torch.equal(second.model.w, straight.model.w)
+    assert second.best == straight.best
+
+    def rows(run):  # timing columns aside
+        return [line.split(",")[:4] for line in (run / "metrics.csv").read_text().splitlines()]
+
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    last = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["iteration"] == 4 and torch.equal(last["algorithm"]["w"], straight.model.w.detach())

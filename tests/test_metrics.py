@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from meta_cli.metrics import EpisodeMean, mean_ci95
+from meta_cli.metrics import mean_ci95
 
 
 def test_mean_ci95_by_hand():
@@ -15,12 +15,3 @@ def test_mean_ci95_by_hand():
 def test_single_and_empty():
     assert mean_ci95([0.5]) == (0.5, 0.0)
     assert all(math.isnan(v) for v in mean_ci95([]))
-
-
-def test_stateful_twin_matches_functional():
-    metric = EpisodeMean()
-    for v in (0.2, 0.4, 0.9, 1.0):
-        metric.update(v)
-    assert metric.compute() == mean_ci95([0.2, 0.4, 0.9, 1.0])
-    metric.reset()
-    assert metric.values == []

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_dirs
 from PIL import Image
 
 import meta_cli
-from conftest import run_dirs
 from meta_cli.apps.eval import prepare
 from meta_cli.data.base import Episode
 from meta_cli.data.image_tensor import to_model_input
-from meta_cli.evaluation import head_ways
 from meta_cli.errors import UserError
+from meta_cli.evaluation import head_ways
 
 TINY = {
     "protonet": ["algorithm=protonet", "train.iterations=20", "train.val_every=10"],

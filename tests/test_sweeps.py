@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import run_dirs
 
 SMALL = ["dataset=sinusoid", "train.iterations=40", "train.val_every=20", "train.val_episodes=10",
@@ -25,7 +24,6 @@ def _sweep_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def failed_sweep(tmp_path_factory, data_root, cache_dir):
     """A 4-job multirun whose third job diverges (meta_lr 1e8)."""
-    import os
     import subprocess
     import sys
     root = tmp_path_factory.mktemp("sweep")

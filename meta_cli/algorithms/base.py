@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +21,28 @@ def full_precision(embeddings: torch.Tensor) -> torch.autocast:
 
 
 class Algorithm(nn.Module, abc.ABC):
-    """A meta-learner whose parameters are the meta-parameters (what Adam updates).
+    """A meta-learner whose parameters are the meta-parameters (what the outer optimizer updates).
 
-    Subclasses take the backbone (an nn.Module with `out_features`), the task kind and the
-    number of outputs (ways) from the engine, and their hyperparameters from the config.
+    Subclasses take the backbone (a `meta_cli.models.base.Backbone`), the task kind and the
+    number of outputs (ways) from the engine, and their hyperparameters from the config. Every
+    attribute and method the engine uses is declared here; a subclass overrides what it needs:
+    at least `query_logits`, usually nothing else.
     """
 
-    injected = ("backbone", "task", "outputs")
-    tasks: tuple[Task, ...] = ("classification", "regression")
-    #: True when the model's output layer fixes the number of ways (MAML's head).
-    fixed_ways = False
+    #: Constructor arguments the engine passes; all others are config keys.
+    injected: ClassVar[tuple[str, ...]] = ("backbone", "task", "outputs")
+    #: The task kinds it learns; another dataset is refused in one line (`check_task`).
+    tasks: ClassVar[tuple[Task, ...]] = ("classification", "regression")
+    #: True when the model's output layer fixes the number of ways (MAML's head): meta-testing
+    #: and prediction must then use the training ways.
+    fixed_ways: ClassVar[bool] = False
+    #: What a training step feeds it: "episodes" (meta-batches of episodes, through
+    #: `meta_objective` or `meta_batch_loss`), or "batches" (mini-batches of (image, class)
+    #: through `batch_loss`: pre-training). meta_cli.steps picks the step from it.
+    learns_from: ClassVar[Literal["episodes", "batches"]] = "episodes"
+    #: How a meta-batch of episodes is run: "l2l", task by task (`meta_objective`), or "vmap",
+    #: all at once (`meta_batch_loss`). MAML sets it from its config.
+    backend: str = "l2l"
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
         super().__init__()
@@ -39,10 +51,11 @@ class Algorithm(nn.Module, abc.ABC):
         self.outputs = outputs
 
     @classmethod
-    def check(cls, task: Task, **config: Any) -> None:
+    def check(cls, task: Task, vmap_blocker: str | None = None, **config: Any) -> None:
         """Raise UserError for a config (this algorithm's keys) that cannot work on `task`,
         without building anything: the pre-flight calls it for every job of a sweep, and the
-        constructor of a subclass that overrides it calls it first."""
+        constructor of a subclass that overrides it calls it first. `vmap_blocker`: why the
+        chosen backbone cannot be vectorised, if it cannot (`Backbone.vmap_blocker`)."""
         cls.check_task(task)
 
     @classmethod
@@ -77,6 +90,16 @@ class Algorithm(nn.Module, abc.ABC):
         meta-learners the objective is the query loss itself; Reptile's is not."""
         loss, accuracy = self.episode_loss(episode, training=True)
         return loss, loss, accuracy
+
+    def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """backend="vmap": the mean query loss (differentiable) and mean query accuracy (None
+        for regression) of a meta-batch of same-shaped episodes, computed at once."""
+        raise NotImplementedError(f"{type(self).__name__} has no vectorised meta-batch (backend=vmap)")
+
+    def batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """learns_from="batches": mean loss and accuracy on images (N, C, H, W) of classes
+        labels (N,) among all the training split's classes."""
+        raise NotImplementedError(f"{type(self).__name__} learns from episodes, not batches")
 
     def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
         """The outer optimizer: Adam on every meta-parameter (learn2learn's examples)."""

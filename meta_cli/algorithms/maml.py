@@ -69,8 +69,12 @@ class MAML(Algorithm):
                            else vectorized.maml_meta_batch)
 
     @classmethod
-    def check(cls, task: Task, backend: str = "l2l", compile: bool = False, **config: Any) -> None:
+    def check(cls, task: Task, backend: str = "l2l", compile: bool = False, vmap_blocker: str | None = None,
+              **config: Any) -> None:
         super().check(task)
+        if backend == "vmap" and vmap_blocker:
+            raise UserError(f"algorithm.backend=vmap cannot vectorise a backbone with {vmap_blocker}; "
+                            f"or use algorithm.backend=l2l.")
         if compile and backend != "vmap":
             raise UserError("algorithm.compile=true compiles the vectorised meta-batch: set "
                             "algorithm.backend=vmap as well, or algorithm.compile=false.")

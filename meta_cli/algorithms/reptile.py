@@ -47,13 +47,14 @@ class Reptile(Algorithm):
     def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.meta_step_size)
 
-    def adapted(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int) -> nn.Module:
+    def adapted(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int,
+                generator: torch.Generator | None = None) -> nn.Module:
         """A copy of the model after `steps` steps on (inputs, labels); the meta-weights are
         untouched."""
-        return self.inner_loop(inputs, labels, steps)[0]
+        return self.inner_loop(inputs, labels, steps, generator)[0]
 
-    def inner_loop(self, inputs: torch.Tensor, labels: torch.Tensor,
-                   steps: int) -> tuple[nn.Module, torch.Tensor | None, torch.Tensor | None]:
+    def inner_loop(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int,
+                   generator: torch.Generator | None = None) -> tuple[nn.Module, torch.Tensor | None, torch.Tensor | None]:
         """The adapted copy, and the last step's output and labels (its minibatch, before that
         step's update; None after 0 steps). Adam has beta1 = 0, as in Nichol et al., and a fresh
         state per task. Their code keeps Adam's second moment across tasks and into test time
@@ -63,7 +64,7 @@ class Reptile(Algorithm):
                      else torch.optim.Adam(learner.parameters(), lr=self.inner_lr, betas=(0.0, 0.999)))
         output = target = None
         with torch.enable_grad():
-            for batch in self.minibatches(len(inputs), steps, inputs.device):
+            for batch in self.minibatches(len(inputs), steps, inputs.device, generator):
                 optimizer.zero_grad(set_to_none=True)
                 output, target = learner(inputs[batch]), labels[batch]
                 self.loss(output, target).backward()
@@ -74,7 +75,8 @@ class Reptile(Algorithm):
                 torch.clear_autocast_cache()
         return learner, (None if output is None else output.detach()), target
 
-    def minibatches(self, n: int, steps: int, device: torch.device) -> list[torch.Tensor | slice]:
+    def minibatches(self, n: int, steps: int, device: torch.device,
+                    generator: torch.Generator | None = None) -> list[torch.Tensor | slice]:
         """Which of the task's n images each inner step uses. Nichol et al. (section 6) find
         that Reptile learns from the inner steps seeing *different* minibatches (the gradient
         inner products between them): consecutive chunks of `inner_batch` from a shuffled
@@ -82,7 +84,7 @@ class Reptile(Algorithm):
         if self.inner_batch == 0 or self.inner_batch >= n:
             return [slice(None)] * steps
         passes = -(-steps * self.inner_batch // n)
-        order = torch.cat([torch.randperm(n, device=device) for _ in range(passes)])
+        order = torch.cat([torch.randperm(n, device=device, generator=generator) for _ in range(passes)])
         return [order[i * self.inner_batch:(i + 1) * self.inner_batch] for i in range(steps)]
 
     def meta_objective(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -92,12 +94,12 @@ class Reptile(Algorithm):
         the step)."""
         inputs = torch.cat([episode.support, episode.query])
         labels = torch.cat([episode.support_labels, episode.query_labels])
-        learner, output, target = self.inner_loop(inputs, labels, self.inner_steps)
+        learner, output, target = self.inner_loop(inputs, labels, self.inner_steps, episode.generator())
         objective = sum(0.5 * (theta - phi.detach()).pow(2).sum()
                         for theta, phi in zip(self.model.parameters(), learner.parameters()))
         return objective, self.loss(output, target), self.accuracy(output, target)
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         learner = self.adapted(episode.support, episode.support_labels,
-                               self.inner_steps if training else self.test_inner_steps)
+                               self.inner_steps if training else self.test_inner_steps, episode.generator())
         return learner(episode.query)

@@ -6,18 +6,21 @@ from typing import Any
 
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
+from meta_cli.distributed import World
 from meta_cli.evaluation import EvalSettings, evaluate, head_ways
 from meta_cli.outputs import format_table, write_accuracy, write_episodes
 
 
 def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings,
-              choices: dict[str, str], seed: int, checkpoint_path: Path) -> list[dict[str, Any]]:
-    """accuracy.csv rows; `choices` are the config group options (algorithm, dataset, backbone)."""
+              choices: dict[str, str], seed: int, checkpoint_path: Path,
+              world: World = World()) -> list[dict[str, Any]]:
+    """accuracy.csv rows; `choices` are the config group options (algorithm, dataset, backbone).
+    With several processes each meta-tests its share of the episodes (`evaluate`)."""
     algorithm.eval()
     rows: list[dict[str, Any]] = []
     for ways, shots, query in evaluation.settings(source, head_ways(algorithm), type(algorithm).__name__):
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
-                          evaluation.seed, ways, shots, query)
+                          evaluation.seed, ways, shots, query, world)
         rows.append({
             "algorithm": choices["algorithm"],
             "dataset": choices["dataset"],

@@ -6,17 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-
 from omegaconf import DictConfig
 
-from meta_cli import checkpoint
+from meta_cli import checkpoint, distributed
 from meta_cli.apps.common import test_rows, write_results
 from meta_cli.build import Run, build, instantiate
+from meta_cli.device import pick_device
 from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings, head_ways
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
 from meta_cli.validation import check_config, plain
+
 
 def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
     """Check the eval config and the checkpoint; return the restored run."""
@@ -38,18 +39,20 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
-    run, evaluation, payload, path = prepare(cfg)
+    config = plain(cfg)
+    world = distributed.init(instantiate(config["distributed"]), pick_device(config["device"]["kind"]).type)
+    run, evaluation, payload, path = prepare(config)
     source = run.source.to(run.device)
     algorithm = run.algorithm.to(run.device)
-    rows = test_rows(algorithm, source, evaluation, payload["choices"], run.config["seed"], path)
-    write_results(run_dir(), rows)
+    rows = test_rows(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world)
+    if world.main:
+        write_results(run_dir(), rows)
     return rows[0]["accuracy"] if source.task == "classification" else rows[0]["loss"]
 
 
-def precheck(configs: list[dict[str, Any]]) -> None:
-    """Everything each job checks before its first step (the CLI's pre-flight, every job)."""
-    for config in configs:
-        prepare(config)
+def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:
+    """Everything a job checks before its first step (the CLI's pre-flight, for every job)."""
+    prepare(config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="eval")

@@ -122,10 +122,9 @@ def predict_images(cfg: DictConfig) -> int:
     return len(rows)
 
 
-def precheck(configs: list[dict[str, Any]]) -> None:
-    """Everything each job checks before its first step (the CLI's pre-flight, every job)."""
-    for config in configs:
-        prepare(config)
+def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:
+    """Everything a job checks before its first step (the CLI's pre-flight, for every job)."""
+    prepare(config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="predict")

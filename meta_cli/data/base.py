@@ -27,10 +27,18 @@ class Episode:
     support_labels: torch.Tensor
     query: torch.Tensor
     query_labels: torch.Tensor
+    #: Seeds what an algorithm draws at random for this episode (Reptile's minibatch order),
+    #: so that a meta-batch split across processes draws what one process draws.
+    seed: int | None = None
 
     def to(self, device: torch.device | str) -> "Episode":
         return Episode(*(t.to(device, non_blocking=True) for t in
-                         (self.support, self.support_labels, self.query, self.query_labels)))
+                         (self.support, self.support_labels, self.query, self.query_labels)), self.seed)
+
+    def generator(self) -> torch.Generator:
+        """A torch generator on the episode's device, seeded by the episode (else by torch's RNG)."""
+        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+        return torch.Generator(self.support.device).manual_seed(seed)
 
 
 def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from meta_cli.atomic import atomic_file, write_atomic
-from meta_cli.data.cache import cache_dir
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
+from meta_cli.data.cache import cache_dir
 from meta_cli.data.download import one_line
 from meta_cli.data.sampler import ClassSampler
 from meta_cli.errors import UserError

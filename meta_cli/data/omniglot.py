@@ -25,7 +25,12 @@ import torch
 
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
 from meta_cli.data.cache import cache_dir
-from meta_cli.data.omniglot_files import IMAGE_SIZE, ensure_zips, list_characters, load_images
+from meta_cli.data.omniglot_files import (
+    IMAGE_SIZE,
+    ensure_zips,
+    list_characters,
+    load_images,
+)
 from meta_cli.data.sampler import Affine, ClassSampler
 from meta_cli.errors import UserError
 from meta_cli.params import Ge

@@ -111,4 +111,5 @@ class ClassSampler:
             support_labels=labels.repeat_interleave(shots),
             query=batch[:, shots:].reshape(ways * query, *batch.shape[2:]),
             query_labels=labels.repeat_interleave(query),
+            seed=int(rng.integers(2**62)),  # drawn last: the images above are what they were
         )

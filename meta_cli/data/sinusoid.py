@@ -54,7 +54,7 @@ class Sinusoid(TaskSource):
         y = amplitude * np.sin(x - phase)
         x_t = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         y_t = torch.as_tensor(y, dtype=torch.float32, device=self.device)
-        return Episode(x_t[:shots], y_t[:shots], x_t[shots:], y_t[shots:])
+        return Episode(x_t[:shots], y_t[:shots], x_t[shots:], y_t[shots:], seed=int(rng.integers(2**62)))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,12 @@ class Backbone(nn.Module):
         """Raise UserError for a config (this backbone's keys) that cannot take inputs of
         `input_shape`. The pre-flight calls it for every job; the constructor calls it first."""
 
+    @classmethod
+    def vmap_blocker(cls, **config: Any) -> str | None:
+        """Why this config cannot run under torch.func's vmap (algorithm.backend=vmap): random
+        ops (dropout) or running statistics, as the option to change; None when it can."""
+        return None
+
 
 def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) of an image input; one line for a dataset of other inputs (sinusoid's (1,))."""

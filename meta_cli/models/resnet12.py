@@ -87,6 +87,13 @@ class ResNet12(Backbone):
         self.out_features = _dry_run(self, channels, height, width)
 
     @classmethod
+    def vmap_blocker(cls, embedding_dropout: float = 0.0, dropblock_dropout: float = 0.1,
+                     running_stats: bool = True, **config: Any) -> str | None:
+        if dropblock_dropout > 0 or embedding_dropout > 0:
+            return "dropout (backbone.dropblock_dropout=0 and backbone.embedding_dropout=0 remove it)"
+        return "running statistics (backbone.running_stats=false removes them)" if running_stats else None
+
+    @classmethod
     def check(cls, input_shape: tuple[int, ...], embedding_dropout: float = 0.0,
               dropblock_dropout: float = 0.1, dropblock_size: int | None = None, **config: Any) -> None:
         _, height, width = image_shape("resnet12", input_shape)

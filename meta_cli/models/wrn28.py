@@ -55,6 +55,12 @@ class WRN28(Backbone):
         self.train()
 
     @classmethod
+    def vmap_blocker(cls, dropout: float = 0.0, running_stats: bool = True, **config: Any) -> str | None:
+        if dropout > 0:
+            return "dropout (backbone.dropout=0 removes it)"
+        return "running statistics (backbone.running_stats=false removes them)" if running_stats else None
+
+    @classmethod
     def check(cls, input_shape: tuple[int, ...], dropout: float = 0.0, **config: Any) -> None:
         _, height, width = image_shape("wrn28", input_shape)
         if min(height, width) < _MIN_SIDE:

@@ -1,0 +1,118 @@
+"""Several processes for one command: `distributed.processes=N` relaunches the command through
+torch's elastic launcher (exactly `torchrun --standalone --nproc_per_node=N -m meta_cli ...`),
+and every rank of a torchrun/SLURM launch agrees with rank 0 on the run dir before Hydra runs.
+
+Rank 0 alone makes the run dir and writes into it; the other ranks run the same Hydra job
+with `hydra.output_subdir=null` and no log file, so they write nothing. Under torchrun with
+`--max-restarts`, a restarted group finds its run dir again (rank 0 records it by the
+launch's run id in `<outputs>/.elastic/`) and resumes from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from meta_cli.errors import UserError
+
+#: Hydra overrides of ranks > 0: they share rank 0's run dir and write nothing into it.
+QUIET = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def processes(configs: list[dict[str, Any]], launcher: str | None) -> int:
+    """The `distributed.processes` every job of the command line asks for (they must agree)."""
+    asked = {c["distributed"]["processes"] for c in configs if "distributed" in c}
+    if len(asked) > 1:
+        raise UserError(f"distributed.processes takes one value for the whole command line (got "
+                        f"{sorted(asked, key=str)}): a sweep's jobs share the processes it launches.")
+    n = asked.pop() if asked else 1
+    if n == "auto":
+        n = _cores()
+    if n > 1 and launcher in ("joblib", "ray"):
+        raise UserError(f"hydra/launcher={launcher} runs one process per job; distributed.processes={n} "
+                        f"is for the basic launcher, or submitit_slurm with tasks_per_node.")
+    return int(n)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_dir_default(multirun: bool) -> str:
+    """Hydra's default run (or sweep) dir for now, as conf/train.yaml names it."""
+    now = datetime.now()
+    base = "outputs/multirun" if multirun else "outputs"
+    return f"{base}/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}"
+
+
+def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
+    """Run the command as N processes of one run on this machine; returns the exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    if not any(a.startswith(key) for a in args):  # one run dir for every rank, and for restarts
+        args = [*args, key + run_dir_default(multirun)]
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the launcher's own chatter
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # One intra-op thread per core each (torchrun would set 1 whatever the cores).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // n)))
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={n}", "--module", "meta_cli", command, *args])
+    try:
+        run(launch)
+    except ChildFailedError as exc:  # the ranks printed their one line; pass on the exit code
+        codes = [f.exitcode for f in exc.failures.values()]
+        return next((c for c in codes if c in (130, 143)), max(codes, key=abs) if codes else 1) or 1
+    except SignalException as exc:  # Ctrl-C or SIGTERM to this launcher: the ranks stopped cleanly
+        return 128 + int(exc.sigval)
+    return 0
+
+
+def agree_on_run_dir(args: list[str], multirun: bool, world: Any) -> list[str]:
+    """Under torchrun/SLURM, every rank adopts rank 0's run (or sweep) dir; ranks > 0 also get
+    QUIET. After a torchrun restart, rank 0 takes the dir the first attempt recorded."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = next((a for a in args if a.startswith(key)), None)
+    if given is None:
+        chosen = None
+        if world.main:
+            chosen = _recorded_dir() or run_dir_default(multirun)
+            _record_dir(chosen)
+        given = key + world.broadcast(chosen)
+        args = [*args, given]
+    return args if world.main else [*args, *QUIET]
+
+
+def _pointer() -> Path | None:
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return Path("outputs") / ".elastic" / f"{run_id}.json" if run_id else None
+
+
+def _recorded_dir() -> str | None:
+    pointer = _pointer()
+    if pointer is None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    try:
+        return json.loads(pointer.read_text())["run_dir"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _record_dir(run_dir: str) -> None:
+    pointer = _pointer()
+    if pointer is not None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(json.dumps({"run_dir": run_dir}) + "\n")
+
+
+def quiet_rank() -> bool:
+    """Whether this process is a rank > 0 of a launch (its output would repeat rank 0's)."""
+    from meta_cli.distributed import env_rank
+
+    return env_rank() > 0
+

@@ -1,0 +1,207 @@
+"""One run across processes on torch.distributed (gloo on loopback): the CLI's short form and
+torchrun agree with one process; a dead rank is one line, not a hang; resume takes any number
+of processes."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from meta_cli.distributed import World
+
+TINY = ["train.iterations=4", "train.meta_batch_size=4", "train.val_every=2", "train.val_episodes=6",
+        "train.log_every=1", "eval.episodes=8", "train.progress=false"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_shares_are_contiguous_and_cover_every_number():
+    for count in (1, 4, 5, 16):
+        for size in (1, 2, 3):
+            shares = [World(rank, size).share(count) for rank in range(size)]
+            assert [i for s in shares for i in s] == list(range(count))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_two_processes_train_and_evaluate_as_one(cli, tmp_path):
+    """distributed.processes=2: rank 0 alone writes; the learning curve is one process's up to
+    float rounding; eval of its best.pt on 2 processes gives exactly the one-process files."""
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    two = cli("train", *TINY, "distributed.processes=2", "hydra.run.dir=two", env=one_thread)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Traceback" not in two.stderr and "WARNING" not in two.stderr
+    one = cli("train", *TINY, "hydra.run.dir=one", env=one_thread)
+    assert one.returncode == 0, one.stderr[-3000:]
+    run = tmp_path / "two"
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    for a, b in zip(_rows(run / "metrics.csv"), _rows(tmp_path / "one" / "metrics.csv"), strict=True):
+        assert (a["iteration"], a["split"]) == (b["iteration"], b["split"])
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
+    best = run / "checkpoints" / "best.pt"
+    outputs = {}
+    for processes in (1, 2):
+        result = cli("eval", f"checkpoint={best}", "eval.episodes=10", f"distributed.processes={processes}",
+                     f"hydra.run.dir=eval{processes}", env=one_thread)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[processes] = [(tmp_path / f"eval{processes}" / name).read_text()
+                              for name in ("accuracy.csv", "episodes.csv")]
+    assert outputs[1] == outputs[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+GRADIENT = '''
+import sys, torch, torch.distributed as dist
+from meta_cli.distributed import World
+from meta_cli.settings import TrainSettings
+from meta_cli.steps import EpisodeStep
+sys.path.insert(0, {tests!r})
+from test_distributed import tiny_run
+
+rank, size, port, name, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+if size > 1:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank, world_size=size)
+torch.set_num_threads(1)
+algorithm, source = tiny_run(name)
+optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.0)  # keeps the weights, leaves .grad
+step = EpisodeStep(algorithm, source, TrainSettings(meta_batch_size=4), 7, optimizer, World(rank, size), bf16=False)
+step(1)
+if rank == 0:
+    torch.save([p.grad for p in algorithm.parameters()], out)
+'''
+
+
+def tiny_run(name: str):
+    """A float64 model and a source of random 3-way 1-shot 12x12 episodes (numbered, seeded)."""
+    from meta_cli.algorithms.maml import MAML
+    from meta_cli.algorithms.protonet import ProtoNet
+    from meta_cli.algorithms.reptile import Reptile
+    from meta_cli.data.base import Episode, TaskSource, episode_rng
+    from meta_cli.models.conv4 import Conv4
+
+    class Random(TaskSource):
+        task, input_shape, ways, shots, query = "classification", (1, 12, 12), 3, 1, 2
+
+        def episode(self, split, index, seed, ways, shots, query):
+            rng = episode_rng(seed, split, index)
+            g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            images = torch.rand(ways * (shots + query), 1, 12, 12, generator=g, dtype=torch.float64)
+            labels = torch.arange(ways)
+            return Episode(images[:ways * shots], labels.repeat_interleave(shots), images[ways * shots:],
+                           labels.repeat_interleave(query), seed=int(rng.integers(2**62)))
+
+    torch.manual_seed(0)
+    body = Conv4((1, 12, 12), hidden=4, max_pool=name == "protonet", layers=2, channels_last=False)
+    algorithm = {
+        "maml-l2l": lambda: MAML(body, "classification", 3, fast_lr=0.1, backend="l2l"),
+        "maml-vmap": lambda: MAML(body, "classification", 3, fast_lr=0.1, backend="vmap"),
+        "protonet": lambda: ProtoNet(body, "classification", 3),
+        "reptile": lambda: Reptile(body, "classification", 3, inner_batch=2, inner_steps=3),
+    }[name]()
+    return algorithm.double(), Random()
+
+
+@pytest.mark.parametrize("name", ["maml-l2l", "maml-vmap", "protonet", "reptile"])
+def test_two_process_meta_gradient_equals_one_process_in_float64(tmp_path, name):
+    script = tmp_path / "gradient.py"
+    script.write_text(GRADIENT.format(tests=str(Path(__file__).parent)))
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), "0", "1", "0", name, str(tmp_path / "one.pt")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(port), name, str(tmp_path / "two.pt")],
+                              env=env, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=300)
+        assert rank.returncode == 0, err
+    single = torch.load(tmp_path / "one.pt", weights_only=True)
+    shared = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert any(g.abs().sum() > 0 for g in single)
+    for a, b in zip(single, shared, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+def _rank_pids(launcher: int) -> dict[int, int]:
+    """The worker processes under a launcher, by their RANK."""
+    found = {}
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((child / "stat").read_text().split(") ")[1].split()[1]) != launcher:
+                continue
+            environ = dict(kv.split("=", 1) for kv in (child / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, IndexError, ValueError):
+            continue
+        if "RANK" in environ:
+            found[int(environ["RANK"])] = int(child.name)
+    return found
+
+
+LONG = ["algorithm=fomaml", "train.iterations=60", "train.checkpoint_every=5", "train.val_every=30",
+        "train.val_episodes=4", "eval.episodes=4", "train.progress=false", "train.meta_batch_size=4"]
+
+
+def _start(tmp_path, data_root, cache_dir, *args) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("meta-cli")
+    env = {**os.environ, "META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir)}
+    return subprocess.Popen([str(exe), "train", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), path
+
+
+def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_dir, cli):
+    proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2",
+                  "distributed.timeout_s=30", "hydra.run.dir=run")
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json")
+    started = time.time()
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - started < 90  # bounded, not a hang
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("meta-cli: error:")]
+    assert len(errors) == 1 and ("died" in errors[0] or "stopped" in errors[0]), err
+    assert "Traceback" not in err
+    resumed = cli("train", "resume=run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    iterations = [int(r["iteration"]) for r in rows if r["split"] == "train"]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+
+
+def test_a_two_process_run_resumes_on_one(tmp_path, data_root, cache_dir, cli):
+    proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2", "hydra.run.dir=run")
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "stopped"
+    resumed = cli("train", "resume=run", "distributed.processes=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    iterations = [int(r["iteration"]) for r in rows if r["split"] == "train"]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"
