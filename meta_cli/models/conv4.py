@@ -37,6 +37,7 @@ class Conv4(nn.Module):
                  channels_last: bool = True, pool_last: bool = True,
                  widths: list[int] | None = None) -> None:
         super().__init__()
+        self.input_shape = tuple(input_shape)  # one sample, e.g. (1, 28, 28): read by algorithm=mann's pixel input
         if len(input_shape) != 3:
             raise UserError(f"backbone conv4/conv4_pool/cnn4 needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")

@@ -18,6 +18,7 @@ class MLP(nn.Module):
     def __init__(self, input_shape: tuple[int, ...],
                  hidden: list[Annotated[int, Ge(1)]] = (40, 40)) -> None:
         super().__init__()
+        self.input_shape = tuple(input_shape)  # one sample, e.g. (1, 28, 28): read by algorithm=mann's pixel input
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size in hidden:

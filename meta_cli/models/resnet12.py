@@ -73,6 +73,7 @@ class ResNet12(nn.Module):
                  dropblock_size: Annotated[int, Ge(1)] | None = None,
                  running_stats: bool = True) -> None:
         super().__init__()
+        self.input_shape = tuple(input_shape)  # one sample, e.g. (1, 28, 28): read by algorithm=mann's pixel input
         if len(input_shape) != 3:
             raise UserError(f"backbone resnet12 needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")

@@ -42,6 +42,7 @@ class WRN28(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], dropout: Annotated[float, Ge(0)] = 0.0,
                  widen_factor: Annotated[int, Ge(1)] = 10, running_stats: bool = True) -> None:
         super().__init__()
+        self.input_shape = tuple(input_shape)  # one sample, e.g. (1, 28, 28): read by algorithm=mann's pixel input
         if len(input_shape) != 3:
             raise UserError(f"backbone wrn28 needs images (C, H, W); this dataset gives inputs "
                             f"of shape {tuple(input_shape)}. Use backbone=mlp.")
