@@ -42,6 +42,8 @@ class EvalSettings:
                 f"{algorithm.outputs}-way output layer: its head size is fixed by the training "
                 f"ways. Use eval.ways={algorithm.outputs}, or a metric algorithm such as protonet."
             )
+        for w in ways:
+            algorithm.check_ways(w, "eval.ways")
         combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
         for w, s, q in combos:
             source.check(self.split, w, s, q, prefix="eval.")

@@ -46,6 +46,11 @@ class Algorithm(nn.Module, abc.ABC):
                 f"this dataset is {task}. Pick another algorithm or dataset."
             )
 
+    def check_ways(self, ways: int, key: str) -> None:
+        """Raise UserError when this model cannot answer `ways`-way episodes; `key` names the
+        setting that asks for them (e.g. "eval.ways"). Fixed heads are checked by the engine
+        (`fixed_ways`); this is for other limits, such as MANN's one-hot label input."""
+
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """Adapt to `episode.support` (and `support_labels`), then return the model's output
         on `episode.query`: (n_query, ways) logits for classification, (n_query, 1)
