@@ -328,6 +328,25 @@ def test_state_dict_round_trips_through_weights_only_load(name):
         assert torch.equal(algo.eval().query_logits(episode), again.eval().query_logits(episode))
 
 
+@pytest.mark.parametrize("name", ["siamese", "mann", "meta_lstm"])
+def test_training_step_is_a_function_of_the_episode_and_the_weights(name):
+    """The same episode and weights give the same meta-gradient whatever the global RNG holds:
+    what a resumed run and a meta-batch split across train.workers processes rely on."""
+    torch.manual_seed(0)
+    algo = {"siamese": lambda: Siamese(Conv4((1, 28, 28), hidden=8, max_pool=True), "classification", 3),
+            "mann": lambda: MANN(Conv4((1, 28, 28), hidden=8), "classification", 3, controller=16, memory_slots=8),
+            "meta_lstm": lambda: MetaLSTM(Conv4((1, 28, 28), hidden=8), "classification", 3, steps=2)}[name]()
+    episode = Episode(torch.rand(6, 1, 28, 28), torch.arange(3).repeat_interleave(2), torch.rand(6, 1, 28, 28),
+                      torch.arange(3).repeat(2))
+    gradients = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        algo.zero_grad()
+        algo.meta_objective(episode)[0].backward()
+        gradients.append([p.grad.clone() for p in algo.parameters() if p.grad is not None])
+    assert gradients[0] and all(torch.equal(a, b) for a, b in zip(*gradients))
+
+
 def test_mann_and_meta_lstm_regress_on_mlp():
     """Both apply to sinusoid regression (the MLP body): (n_query, 1) outputs, finite MSE."""
     episode = Episode(torch.rand(5, 1), torch.rand(5, 1), torch.rand(4, 1), torch.rand(4, 1))
