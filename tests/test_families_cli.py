@@ -18,7 +18,7 @@ from meta_cli.apps.eval import prepare
 
 FAMILIES = ["siamese", "mann", "meta_lstm"]
 TINY = ["train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "train.val_episodes=2",
-        "train.log_every=1", "eval.episodes=4", "train.progress=false", "device=cpu"]
+        "train.log_every=1", "eval.episodes=4", "train.progress=false", "device=cpu", "train.workers=1"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
