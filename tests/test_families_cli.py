@@ -112,7 +112,7 @@ def test_bad_input_is_one_line(case, trained, cli):
         "meta_lstm_learner_too_large": (["train", "algorithm=meta_lstm", "algorithm.max_learner_parameters=1000", *TINY],
                                         "more than the 1,000 cells"),
         "mann_more_ways": (["eval", f"checkpoint={trained['mann'] / 'checkpoints' / 'best.pt'}", "eval.ways=[5,8]"],
-                           "eval.ways=8 is more than the 5 ways this MANN was built for"),
+                           "8 ways (eval.ways) are more than the 5 this MANN was built for"),
         "checkpoint_of_another_algorithm": (["train", f"resume={trained['siamese']}", "algorithm=mann"],
                                             "holds a Siamese model"),
     }[case]

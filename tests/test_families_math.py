@@ -192,7 +192,7 @@ def test_mann_regression_label_input_is_the_previous_target():
 def test_mann_refuses_more_ways_than_its_label_input():
     algo = MANN(Identity(4), "classification", 3, controller=8, memory_slots=5, memory_width=3, read_heads=1)
     episode = Episode(torch.randn(4, 4), torch.arange(4), torch.randn(4, 4), torch.arange(4))
-    with pytest.raises(UserError, match="more than the 3 ways this MANN was built for"):
+    with pytest.raises(UserError, match=r"4 ways \(the support set's classes\) are more than the 3 this MANN was built for"):
         algo.query_logits(episode)
 
     class Source:
@@ -201,7 +201,7 @@ def test_mann_refuses_more_ways_than_its_label_input():
         def check(self, *args, **kwargs):
             pass
 
-    with pytest.raises(UserError, match=r"eval.ways=5 is more than the 3 ways.*algorithm.max_ways=5"):
+    with pytest.raises(UserError, match=r"5 ways \(eval.ways\) are more than the 3 .*algorithm.max_ways=5"):
         EvalSettings(ways=[3, 5]).settings(algo, Source())
     assert algo.query_logits(_mann_episode(ways=2)).shape == (4, 2)  # fewer ways: the first outputs
 

@@ -141,9 +141,9 @@ class MANN(Algorithm):
 
     def check_ways(self, ways: int, key: str) -> None:
         if self.classification and ways > self.max_ways:
-            raise UserError(f"{key}={ways} is more than the {self.max_ways} ways this MANN was built for "
-                            f"(its one-hot label input and output have {self.max_ways} entries); use "
-                            f"{key}<={self.max_ways}, or train with algorithm.max_ways={ways}.")
+            raise UserError(f"{ways} ways ({key}) are more than the {self.max_ways} this MANN was built for "
+                            f"(its one-hot label input and output have {self.max_ways} entries); use at most "
+                            f"{self.max_ways}, or train with algorithm.max_ways={ways}.")
 
     def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """(n_support, F) and (n_query, F) step inputs: one backbone pass over both sets (batch
@@ -180,7 +180,7 @@ class MANN(Algorithm):
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) logits (the first `ways` outputs), or (n_query, 1) for regression."""
         ways = int(episode.support_labels.max()) + 1 if self.classification else 1
-        self.check_ways(ways, "the episode's ways")
+        self.check_ways(ways, "the support set's classes")
         support, query = self.embed(episode)
         with full_precision(support):
             labels = self.labels(episode.support_labels)
