@@ -21,7 +21,7 @@ from meta_cli.algorithms.base import Algorithm, Task
 from meta_cli.data.base import DATASET_KEYS, TaskSource
 from meta_cli.distributed import World
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EpisodeValidation, EvalSettings, head_ways
+from meta_cli.evaluation import EpisodeValidation, EvalSettings
 from meta_cli.loop import Trainer, schedule
 from meta_cli.outputs import RunOutputs
 from meta_cli.settings import TrainSettings, uses_bf16
@@ -108,24 +108,30 @@ def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = 
     source = sources[key]
     instantiate(config["device"])  # device=cuda without a GPU
     check_model(config, source.task, source.input_shape)
-    algorithm = get_object(config["algorithm"]["_target_"])
     settings: TrainSettings = instantiate(config["train"])
-    if settings.ways is not None:
-        if source.task != "classification":
-            raise UserError("train.ways applies to classification only; leave it null.")
-        if algorithm.fixed_ways and settings.ways != source.ways:
-            raise UserError(f"train.ways={settings.ways} but {algorithm.__name__}'s output layer has "
-                            f"dataset.ways={source.ways} outputs; leave train.ways null.")
+    if settings.ways is not None and source.task != "classification":
+        raise UserError("train.ways applies to classification only; leave it null.")
+    evaluation: EvalSettings = instantiate(config["eval"])
+    asked = {"train.ways": [settings.ways] if settings.ways is not None else [],
+             "eval.ways": list(evaluation.ways) if isinstance(evaluation.ways, list)
+             else [evaluation.ways] if evaluation.ways is not None else []}
+    check_ways(config["algorithm"], outputs_of(source.task, source.ways), asked)
     training = {"ways": "train.ways" if settings.ways is not None else "dataset.ways",
                 "shots": "dataset.shots",
                 "query": "train.query" if settings.query is not None else "dataset.query"}
     source.check("train", settings.ways or source.ways, source.shots, settings.query or source.query,
                  keys=training, use="meta-training")
     source.check("val", source.ways, source.shots, source.query, keys=DATASET_KEYS, use="validation")
-    evaluation: EvalSettings = instantiate(config["eval"])
-    outputs = outputs_of(source.task, source.ways)
-    evaluation.settings(source, outputs if algorithm.fixed_ways else None, algorithm.__name__)
+    evaluation.settings(source)
     return settings, evaluation
+
+
+def check_ways(node: dict[str, Any], outputs: int, asked: dict[str, list[int]]) -> None:
+    """The algorithm's own limits on the ways each setting asks of it (`Algorithm.check_ways`)."""
+    algorithm = get_object(node["_target_"])
+    for key, values in asked.items():
+        for ways in values:
+            algorithm.check_ways(ways, key, outputs, **_arguments(node))
 
 
 def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, EvalSettings]:
@@ -133,5 +139,4 @@ def build_train(cfg: DictConfig | dict[str, Any]) -> tuple[Run, TrainSettings, E
     sources: dict[str, TaskSource] = {}
     settings, evaluation = check_train(config, sources)
     run = build(config, source=next(iter(sources.values())))
-    evaluation.settings(run.source, head_ways(run.algorithm), type(run.algorithm).__name__)
     return run, settings, evaluation

@@ -31,9 +31,10 @@ class DistributedSettings:
 
     #: Processes on this machine. >1: the command relaunches itself through torch's elastic
     #: launcher (as `torchrun --standalone --nproc_per_node=N -m meta_cli ...` would); each
-    #: process takes a share of every meta-batch. Under torchrun or SLURM the launcher decides
-    #: and this stays 1.
-    processes: Annotated[int, Ge(1)] = 1
+    #: process takes a share of every meta-batch. auto: one per GPU on CUDA, else one per CPU
+    #: core, at most the meta-batch size. Under torchrun or SLURM the launcher decides and this
+    #: is not read.
+    processes: Annotated[int, Ge(1)] | Literal["auto"] = 1
     #: gloo on CPU, nccl on CUDA (auto), or one of them.
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     #: A collective that waits longer than this for a rank fails with one line.

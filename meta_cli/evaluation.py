@@ -30,22 +30,14 @@ class EvalSettings:
     shots: Shots = None
     query: Annotated[int, Ge(1)] | None = None
 
-    def settings(self, source: TaskSource, head_ways: int | None = None,
-                 name: str = "model") -> list[tuple[int, int, int]]:
-        """The (ways, shots, query) to evaluate; raises UserError for ones that cannot work.
-        `head_ways`: the number of ways a model's output layer fixes (MAML's head), None when
-        any number works; `name` names the algorithm in that message."""
+    def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
+        """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give
+        (what the model can answer is the algorithm's `check_ways`)."""
         ways = _as_list(self.ways, source.ways)
         shots = _as_list(self.shots, source.shots)
         query = self.query if self.query is not None else source.query
         if source.task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
-        if head_ways is not None and any(w != head_ways for w in ways):
-            raise UserError(
-                f"eval.ways={self.ways} but this {name} model has a {head_ways}-way output layer: its "
-                f"head size is fixed by the training ways. Use eval.ways={head_ways}, or a metric "
-                f"algorithm such as protonet."
-            )
         combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
         keys = {"ways": "eval.ways" if self.ways is not None else "dataset.ways",
                 "shots": "eval.shots" if self.shots is not None else "dataset.shots",
@@ -57,11 +49,6 @@ class EvalSettings:
         for w, s, q in combos:
             source.check(self.split, w, s, q, keys=keys, use="meta-testing", hint=hint)
         return combos
-
-
-def head_ways(algorithm: Algorithm) -> int | None:
-    """The ways an algorithm's output layer fixes, or None (`EvalSettings.settings`)."""
-    return algorithm.outputs if algorithm.fixed_ways else None
 
 
 def _as_list(value: int | list[int] | None, default: int) -> list[int]:

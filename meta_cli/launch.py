@@ -30,11 +30,22 @@ def processes(configs: list[dict[str, Any]], launcher: str | None) -> int:
                         f"{sorted(asked, key=str)}): a sweep's jobs share the processes it launches.")
     n = asked.pop() if asked else 1
     if n == "auto":
-        n = _cores()
+        n = min(_devices(configs[0]), *(c["train"]["meta_batch_size"] for c in configs if "train" in c))
     if n > 1 and launcher in ("joblib", "ray"):
         raise UserError(f"hydra/launcher={launcher} runs one process per job; distributed.processes={n} "
                         f"is for the basic launcher, or submitit_slurm with tasks_per_node.")
     return int(n)
+
+
+def _devices(config: dict[str, Any]) -> int:
+    """GPUs where the job runs on CUDA, else CPU cores: what `processes: auto` takes one each of."""
+    from meta_cli.device import pick_device
+
+    if pick_device(config["device"]["kind"]).type == "cuda":
+        import torch
+
+        return torch.cuda.device_count()
+    return _cores()
 
 
 def _cores() -> int:

@@ -42,6 +42,11 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def check_config(payload: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    trained, asked = (c.get("algorithm", {}).get("_target_") for c in (payload["config"], config))
+    if trained != asked:  # one cause, not a list of every key the two algorithms do not share
+        raise UserError(f"checkpoint {path} holds a {str(trained).rsplit('.', 1)[-1]} model ({trained}), and these "
+                        f"options build a {str(asked).rsplit('.', 1)[-1]} ({asked}); resume with the run's own "
+                        f"algorithm=, or start a new run dir.")
     diff = differences(payload["config"], config)
     if diff:
         shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")

@@ -16,6 +16,9 @@ COMBINATIONS = [
     *[[f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile", "metaoptnet", "matchingnet")],
     *[["dataset=sinusoid", f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile")],
     ["backbone=cnn4"], ["algorithm=protonet", "backbone=resnet12"], ["algorithm=protonet", "backbone=wrn28"],
+    *[[f"algorithm={a}"] for a in ("siamese", "mann", "meta_lstm")],
+    *[["dataset=sinusoid", f"algorithm={a}"] for a in ("mann", "meta_lstm")],
+    ["algorithm=mann", "algorithm.inputs=pixels"], ["algorithm=meta_lstm", "backbone=cnn4"],
 ]
 DATASETS_WITHOUT_FILES = ["mini_imagenet", "tiered_imagenet", "cifarfs", "fc100", "image_folder"]
 EXPERIMENTS = ["maml_omniglot_5w1s", "maml_omniglot_20w1s", "protonet_omniglot_5w1s",

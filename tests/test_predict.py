@@ -21,7 +21,6 @@ from meta_cli.apps.eval import prepare
 from meta_cli.data.base import Episode
 from meta_cli.data.image_tensor import to_model_input
 from meta_cli.errors import UserError
-from meta_cli.evaluation import head_ways
 
 TINY = {
     "protonet": ["algorithm=protonet", "train.iterations=20", "train.val_every=10"],
@@ -61,7 +60,7 @@ def _eval_episode(path: Path) -> tuple[Episode, torch.Tensor, float]:
     evaluation = {"_target_": "meta_cli.evaluation.EvalSettings", "seed": SEED}
     run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "eval": evaluation,
                                    "device": device})
-    ((ways, shots, query),) = settings.settings(run.source, head_ways(run.algorithm))
+    ((ways, shots, query),) = settings.settings(run.source)
     episode = run.source.episode(settings.split, INDEX, settings.seed, ways, shots, query)
     run.algorithm.eval()
     with torch.no_grad():

@@ -66,6 +66,17 @@ class Algorithm(nn.Module, abc.ABC):
                 f"this dataset is {task}. Pick another algorithm or dataset."
             )
 
+    @classmethod
+    def check_ways(cls, ways: int, key: str, outputs: int, **config: Any) -> None:
+        """Raise UserError when a model of this config, built with `outputs` outputs
+        (dataset.ways), cannot answer `ways`-way episodes; `key` names the setting that asks
+        for them (e.g. "eval.ways"). A fixed head (`fixed_ways`) takes its own ways only;
+        subclasses add other limits (MANN's one-hot label input)."""
+        if cls.fixed_ways and ways != outputs:
+            raise UserError(f"{key}={ways} but this {cls.__name__} model has a {outputs}-way output layer: "
+                            f"its head is sized by dataset.ways={outputs} in training. Use {key}={outputs}, "
+                            f"or a metric algorithm such as protonet.")
+
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """Adapt to `episode.support` (and `support_labels`), then return the model's output
         on `episode.query`: (n_query, ways) logits for classification, (n_query, 1)

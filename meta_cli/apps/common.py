@@ -7,7 +7,7 @@ from typing import Any
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.distributed import World
-from meta_cli.evaluation import EvalSettings, evaluate, head_ways
+from meta_cli.evaluation import EvalSettings, evaluate
 from meta_cli.outputs import format_table, write_accuracy, write_episodes
 
 
@@ -18,7 +18,7 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
     With several processes each meta-tests its share of the episodes (`evaluate`)."""
     algorithm.eval()
     rows: list[dict[str, Any]] = []
-    for ways, shots, query in evaluation.settings(source, head_ways(algorithm), type(algorithm).__name__):
+    for ways, shots, query in evaluation.settings(source):
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
                           evaluation.seed, ways, shots, query, world)
         rows.append({

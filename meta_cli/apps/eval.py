@@ -8,12 +8,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from meta_cli import build as builder
 from meta_cli import checkpoint, distributed
 from meta_cli.apps.common import test_rows, write_results
 from meta_cli.build import Run, build, instantiate
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings, head_ways
+from meta_cli.evaluation import EvalSettings
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
 from meta_cli.validation import check_config, plain
@@ -34,7 +35,9 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     run = build(trained, splits=payload.get("splits") or None)
     load_weights(run.algorithm, payload["algorithm"], path)
     evaluation: EvalSettings = instantiate(config["eval"])
-    evaluation.settings(run.source, head_ways(run.algorithm), type(run.algorithm).__name__)
+    evaluation.settings(run.source)
+    eval_ways = evaluation.ways if isinstance(evaluation.ways, list) else [evaluation.ways]
+    builder.check_ways(trained["algorithm"], run.algorithm.outputs, {"eval.ways": [w for w in eval_ways if w]})
     return run, evaluation, payload, path
 
 

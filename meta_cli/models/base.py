@@ -19,6 +19,11 @@ class Backbone(nn.Module):
     injected = ("input_shape",)
     out_features: int
 
+    def __init__(self, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        #: One sample's shape, e.g. (1, 28, 28) (algorithm=mann reads it for its pixel input).
+        self.input_shape = tuple(input_shape)
+
     @classmethod
     def check(cls, input_shape: tuple[int, ...], **config: Any) -> None:
         """Raise UserError for a config (this backbone's keys) that cannot take inputs of

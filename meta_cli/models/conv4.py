@@ -35,7 +35,7 @@ class Conv4(Backbone):
                  max_pool: bool = False, layers: Annotated[int, Ge(1)] = 4,
                  channels_last: bool = True, pool_last: bool = True,
                  widths: list[int] | None = None) -> None:
-        super().__init__()
+        super().__init__(input_shape)
         self.check(input_shape, max_pool=max_pool, layers=layers, pool_last=pool_last, widths=widths)
         channels, height, width = input_shape
         if widths is not None:

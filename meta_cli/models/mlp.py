@@ -16,7 +16,7 @@ class MLP(Backbone):
 
     def __init__(self, input_shape: tuple[int, ...],
                  hidden: list[Annotated[int, Ge(1)]] = (40, 40)) -> None:
-        super().__init__()
+        super().__init__(input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size in hidden:

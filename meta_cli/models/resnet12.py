@@ -71,7 +71,7 @@ class ResNet12(Backbone):
                  dropblock_dropout: Annotated[float, Ge(0)] = 0.1,
                  dropblock_size: Annotated[int, Ge(1)] | None = None,
                  running_stats: bool = True) -> None:
-        super().__init__()
+        super().__init__(input_shape)
         self.check(input_shape, embedding_dropout=embedding_dropout, dropblock_dropout=dropblock_dropout,
                    dropblock_size=dropblock_size)
         channels, height, width = input_shape

@@ -39,7 +39,7 @@ class WRN28(Backbone):
 
     def __init__(self, input_shape: tuple[int, ...], dropout: Annotated[float, Ge(0)] = 0.0,
                  widen_factor: Annotated[int, Ge(1)] = 10, running_stats: bool = True) -> None:
-        super().__init__()
+        super().__init__(input_shape)
         self.check(input_shape, dropout=dropout)
         channels, height, width = input_shape
         wrn = l2l.vision.models.wrn28

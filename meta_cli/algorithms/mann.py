@@ -1,0 +1,208 @@
+"""Memory-augmented neural network (Santoro et al., 2016, "One-shot learning with
+memory-augmented neural networks"): an LSTM controller with an external memory, read by
+content and written by least-recently-used access (LRUA).
+
+An episode is one sequence; each step's input is [e(x_t), y_{t-1}, r_{t-1}]: the embedding of
+the image (the backbone's, or the raw pixels), the label of the previous step (a one-hot for
+classification; (target, 1) for regression, (0, 0) for none) and the previous read vectors.
+
+    support:  (e(x_1), null) (e(x_2), y_1) ... (e(x_S), y_{S-1})
+    closing:  (0, y_S)                        the last support label, as the paper's offset gives it
+    query q:  (e(x_q), null)                  one step from the state after the closing step
+
+delayed_labels=false drops the offset: each support step carries its own label, (e(x_t), y_t),
+and there is no closing step. Support steps are never scored, so the delay is not needed to
+keep labels from their own prediction; on a synthetic retrieval task it was what kept the
+controller at chance here (docs/results.md).
+
+Each query is one step from the same state, independently of the other queries (a batch of
+Q one-step continuations), so its output depends neither on the other query images nor on
+their order, and no label ever enters a query step. The query steps' outputs are the logits.
+The memory is empty at the start of every episode.
+
+In meta-training the support steps are shuffled (the episode gives them class-major, which
+would tell the controller the labels by position), with a permutation drawn from a
+torch.Generator seeded by the episode's own pixel values, so a training step is a
+deterministic function of the episode and the weights. At test time the given order is used.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
+from meta_cli.data.base import Episode
+from meta_cli.errors import UserError
+from meta_cli.params import Ge, Gt
+
+
+class Memory(NamedTuple):
+    """The memory's state after step t. B: sequences, H: read heads, N: slots, W: slot width."""
+
+    memory: torch.Tensor  # (B, N, W) M_t
+    read_weights: torch.Tensor  # (B, H, N) w^r_t
+    usage: torch.Tensor  # (B, N) w^u_t
+    least_used: torch.Tensor  # (B, H, N) w^lu_t: head h -> the h-th least-used slot
+
+
+def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
+    """usage (B, N) -> (B, H, N): one-hot of the `heads` least-used slots, the h-th least for
+    head h (ties: the lower slot first). Summed over heads this is the paper's w^lu_t:
+    1 where w^u_t(i) <= m(w^u_t, n), the n-th smallest usage with n = heads, else 0."""
+    order = torch.sort(usage, dim=-1, stable=True).indices[:, :heads]
+    return F.one_hot(order, usage.shape[-1]).to(usage.dtype)
+
+
+def cosine(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """K(k, M(i)) = k . M(i) / (||k|| ||M(i)||): keys (B, H, W), memory (B, N, W) -> (B, H, N);
+    0 for an empty (zero) slot."""
+    return F.normalize(keys, dim=-1, eps=1e-8) @ F.normalize(memory, dim=-1, eps=1e-8).transpose(1, 2)
+
+
+def memory_step(state: Memory, keys: torch.Tensor, gates: torch.Tensor, gamma: float,
+                strength: float = 1.0) -> tuple[Memory, torch.Tensor]:
+    """One LRUA write and content read (Santoro et al., sections 3.1-3.2). keys (B, H, W) are
+    k_t = tanh(W_k h_t), gates (B, H) are sigma(alpha_t); returns the new state and the read
+    vectors r_t (B, H, W).
+
+        w^w_t   = sigma(alpha) w^r_{t-1} + (1 - sigma(alpha)) w^lu_{t-1}
+        M_t(i)  = M_{t-1}(i) + sum_h w^w_t(h, i) k_t(h)     after zeroing the least-used slots of t-1
+        w^r_t   = softmax_i beta K(k_t, M_t(i));   r_t = sum_i w^r_t(i) M_t(i)
+        w^u_t   = gamma w^u_{t-1} + sum_h (w^r_t(h) + w^w_t(h))
+        w^lu_t  = the least-used slots of w^u_t
+
+    beta = `strength`; the paper's equation has none (beta = 1).
+    """
+    write_weights = gates[..., None] * state.read_weights + (1 - gates[..., None]) * state.least_used
+    kept = 1 - state.least_used.sum(dim=1).clamp_max(1)  # (B, N): the paper zeroes M(lu) first
+    memory = state.memory * kept[..., None] + write_weights.transpose(1, 2) @ keys
+    read_weights = torch.softmax(strength * cosine(keys, memory), dim=-1)
+    reads = read_weights @ memory
+    usage = gamma * state.usage + read_weights.sum(dim=1) + write_weights.sum(dim=1)
+    return Memory(memory, read_weights, usage, least_used(usage, keys.shape[1])), reads
+
+
+def episode_generator(values: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by the episode's values: an exact integer sum (any thread count,
+    any process) of the values rounded to 1/1024, so the same episode gives the same order."""
+    seed = int((values.detach().float() * 1024).round().to(torch.int64).sum().item())
+    return torch.Generator().manual_seed(seed % (2**63))
+
+
+class MANN(Algorithm):
+    """Embedding (backbone or pixels) -> LSTM controller with LRUA memory -> linear output
+    o_t = W_o [h_t, r_t] ((max_ways) logits, or 1 output for regression). Keys k_t = tanh(W_k h_t)
+    and write gates sigma(alpha_t) = sigma(W_a h_t) per head, from the controller.
+
+    Classification with up to `max_ways` classes: the one-hot label input and the output are
+    that wide; episodes with fewer ways use the first outputs, more ways are refused.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: Task,
+        outputs: int,
+        controller: Annotated[int, Ge(1)] = 200,
+        memory_slots: Annotated[int, Ge(1)] = 128,
+        memory_width: Annotated[int, Ge(1)] = 40,
+        read_heads: Annotated[int, Ge(1)] = 4,
+        gamma: Annotated[float, Ge(0)] = 0.95,
+        inputs: Literal["backbone", "pixels"] = "backbone",
+        max_ways: Annotated[int, Ge(2)] | None = None,
+        key_strength: Annotated[float, Gt(0)] = 1.0,
+        delayed_labels: bool = True,
+    ) -> None:
+        super().__init__(backbone, task, outputs)
+        if read_heads > memory_slots:
+            raise UserError(f"algorithm.read_heads={read_heads} exceeds algorithm.memory_slots={memory_slots}: "
+                            f"each head writes to a slot of its own; lower read_heads or raise memory_slots.")
+        self.classification = task == "classification"
+        self.max_ways = (max_ways or outputs) if self.classification else 1
+        self.inputs = inputs
+        if inputs == "backbone":
+            self.backbone = backbone
+            features = backbone.out_features
+        else:  # raw pixels (Santoro et al.); the backbone is not used and not saved
+            features = math.prod(backbone.input_shape)
+        self.features = features
+        self.label_size = self.max_ways if self.classification else 2
+        self.heads, self.slots, self.width, self.gamma = read_heads, memory_slots, memory_width, gamma
+        self.key_strength = key_strength
+        self.delayed_labels = delayed_labels
+        self.controller = nn.LSTMCell(features + self.label_size + read_heads * memory_width, controller)
+        self.keys = nn.Linear(controller, read_heads * memory_width)
+        self.gates = nn.Linear(controller, read_heads)
+        self.output = nn.Linear(controller + read_heads * memory_width, self.max_ways if self.classification else 1)
+
+    @classmethod
+    def check_ways(cls, ways: int, key: str, outputs: int, max_ways: int | None = None, **config: Any) -> None:
+        limit = max_ways or outputs
+        if ways > limit:
+            raise UserError(f"{ways} ways ({key}) are more than the {limit} this MANN was built for "
+                            f"(its one-hot label input and output have {limit} entries); use at most "
+                            f"{limit}, or train with algorithm.max_ways={ways}.")
+
+    def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n_support, F) and (n_query, F) step inputs: one backbone pass over both sets (batch
+        norm sees both, as in ProtoNet), or the flattened pixels."""
+        images = torch.cat([episode.support, episode.query])
+        embedded = self.backbone(images).float() if self.inputs == "backbone" else images.flatten(1).float()
+        return embedded.split([len(episode.support), len(episode.query)])
+
+    def labels(self, targets: torch.Tensor) -> torch.Tensor:
+        """Label inputs of the support steps: (S, max_ways) one-hot, or (S, 2) [target, 1]."""
+        if self.classification:
+            return F.one_hot(targets, self.max_ways).float()
+        return torch.cat([targets.float(), torch.ones_like(targets, dtype=torch.float)], dim=1)
+
+    def initial(self, batch: int, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, Memory]:
+        """Controller (h, c), reads r_0 (B, H*W) and an empty memory: wiped for every episode."""
+        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        usage = zeros(batch, self.slots)
+        memory = Memory(zeros(batch, self.slots, self.width), zeros(batch, self.heads, self.slots), usage,
+                        least_used(usage, self.heads))
+        hidden = self.controller.hidden_size
+        return (zeros(batch, hidden), zeros(batch, hidden)), zeros(batch, self.heads * self.width), memory
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor, controller: tuple[torch.Tensor, torch.Tensor],
+             reads: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor, Memory]:
+        """One time step for B sequences: inputs (B, F), labels (B, label_size) -> output
+        (B, outputs) and the new controller state, reads (B, H*W) and memory."""
+        h, c = self.controller(torch.cat([inputs, labels, reads], dim=1), controller)
+        keys = torch.tanh(self.keys(h)).view(-1, self.heads, self.width)
+        memory, read = memory_step(memory, keys, torch.sigmoid(self.gates(h)), self.gamma, self.key_strength)
+        reads = read.flatten(1)
+        return self.output(torch.cat([h, reads], dim=1)), (h, c), reads, memory
+
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        """(n_query, ways) logits (the first `ways` outputs), or (n_query, 1) for regression."""
+        ways = int(episode.support_labels.max()) + 1 if self.classification else 1
+        if self.classification:
+            self.check_ways(ways, "the support set's classes", self.max_ways)
+        support, query = self.embed(episode)
+        with full_precision(support):
+            labels = self.labels(episode.support_labels)
+            if training:
+                order = torch.randperm(len(support), generator=episode_generator(episode.support)).to(support.device)
+                support, labels = support[order], labels[order]
+            controller, reads, memory = self.initial(1, support.device)
+            null = torch.zeros(1, self.label_size, device=support.device)
+            previous = null
+            for t in range(len(support)):
+                given = previous if self.delayed_labels else labels[t:t + 1]
+                _, controller, reads, memory = self.step(support[t:t + 1], given, controller, reads, memory)
+                previous = labels[t:t + 1]
+            if self.delayed_labels:  # the closing step: the last support label, no image
+                _, controller, reads, memory = self.step(torch.zeros_like(support[:1]), previous, controller,
+                                                         reads, memory)
+            n = len(query)
+            expand = lambda x: x.expand(n, *x.shape[1:])  # noqa: E731
+            output, *_ = self.step(query, expand(null), tuple(map(expand, controller)), expand(reads),
+                                   Memory(*map(expand, memory)))
+        return output[:, :ways]
+
