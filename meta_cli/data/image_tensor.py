@@ -25,7 +25,7 @@ import torch
 from meta_cli.atomic import write_atomic
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
 from meta_cli.data.image_files import one_line
-from meta_cli.data.sampler import ClassSampler
+from meta_cli.data.sampler import ClassBatches, ClassSampler
 from meta_cli.errors import UserError
 
 CACHE_FORMAT = 1
@@ -127,7 +127,7 @@ class PartCache:
         return decoded
 
 
-class ImageTensorSource(TaskSource):
+class ImageTensorSource(ClassBatches, TaskSource):
     """A classification TaskSource over cached parts; subclasses pass what they read.
 
     A subclass sets `folder` (named in messages) and calls `_setup` with parts: part name ->

@@ -26,7 +26,7 @@ import torch
 
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng, shots_key
 from meta_cli.data.omniglot_files import IMAGE_SIZE, ensure_zips, list_characters, load_images
-from meta_cli.data.sampler import Affine, ClassSampler
+from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -69,7 +69,7 @@ def make_splits(variant: str, characters: list[str]) -> dict[str, list[str]]:
     }
 
 
-class Omniglot(TaskSource):
+class Omniglot(ClassBatches, TaskSource):
     task = "classification"
     input_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
 
