@@ -16,7 +16,7 @@ from meta_cli.data.base import Episode
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.errors import UserError
 from meta_cli.models.conv4 import Conv4
-from meta_cli.validation import check_node
+from meta_cli.validation import check_node, constructor_hints
 from test_datasets import write_mini
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +46,16 @@ def test_the_yaml_node_is_the_constructor_and_classes_is_injected():
     assert "classes" in Pretrain.injected and "classes" not in node
     with pytest.raises(UserError, match=r"algorithm.head must be one of: prototype, linear, cosine, logistic"):
         check_node({**node, "head": "svm"}, "algorithm")
+
+
+def test_a_head_asked_of_an_algorithm_without_one_is_one_line():
+    params, _ = constructor_hints(Pretrain)
+    assert set(heads.HEAD_KEYS) <= set(params)  # the keys the message is for are pretrain's
+    error = heads.no_head("algorithm", "head", "protonet")
+    assert str(error) == ("algorithm.head: protonet has no test-time head (the heads prototype, linear, "
+                          "cosine, logistic are algorithm=pretrain's); remove algorithm.head, or train "
+                          "algorithm=pretrain.")
+    assert heads.no_head("algorithm", "fast_lr", "protonet") is None
 
 
 def test_regression_is_one_line():

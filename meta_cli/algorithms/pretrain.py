@@ -62,7 +62,7 @@ class Pretrain(Algorithm):
         classifier: Literal["linear", "cosine"] = "linear",
         head: heads.Head = "prototype",
         head_steps: Annotated[int, Ge(0)] = 100,
-        head_lr: Annotated[float, Gt(0)] = 0.01,
+        head_lr: Annotated[float, Gt(0)] = 0.1,
         head_c: Annotated[float, Gt(0)] = 1.0,
         finetune: bool = False,
         finetune_steps: Annotated[int, Ge(1)] = 10,
