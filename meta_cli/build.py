@@ -75,11 +75,14 @@ def check_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...]
     backbone.check(input_shape, **_arguments(config["backbone"]))
 
 
-def build_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...], ways: int) -> Algorithm:
-    """The algorithm on its backbone, for data of `task` and `input_shape` with `ways` ways."""
+def build_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...], ways: int,
+                classes: int | None = None) -> Algorithm:
+    """The algorithm on its backbone, for data of `task` and `input_shape` with `ways` ways
+    (`classes`: the training split's classes, for an algorithm that classifies all of them)."""
     check_model(config, task, input_shape)
     backbone = instantiate(config["backbone"], input_shape=input_shape)
-    return instantiate(config["algorithm"], backbone=backbone, task=task, outputs=outputs_of(task, ways))
+    extra = {"classes": classes} if "classes" in get_object(config["algorithm"]["_target_"]).injected else {}
+    return instantiate(config["algorithm"], backbone=backbone, task=task, outputs=outputs_of(task, ways), **extra)
 
 
 def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None,
@@ -90,7 +93,9 @@ def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None,
     device = instantiate(config["device"])
     if source is None:
         source = instantiate(config["dataset"], splits=splits)
-    algorithm = build_model(config, source.task, source.input_shape, source.ways)
+    needs_classes = "classes" in get_object(config["algorithm"]["_target_"]).injected
+    algorithm = build_model(config, source.task, source.input_shape, source.ways,
+                            source.num_classes("train") if needs_classes else None)
     return Run(config, source, algorithm, device)
 
 
@@ -111,6 +116,20 @@ def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = 
     settings: TrainSettings = instantiate(config["train"])
     if settings.ways is not None and source.task != "classification":
         raise UserError("train.ways applies to classification only; leave it null.")
+    algorithm = get_object(config["algorithm"]["_target_"])
+    if algorithm.learns_from == "batches":
+        if settings.batch_size is None:
+            raise UserError(f"algorithm {algorithm.__name__} trains on mini-batches: set train.batch_size, "
+                            f"e.g. train.batch_size=128.")
+        source.check_batch("train", settings.batch_size)
+    elif settings.batch_size is not None:
+        raise UserError(f"train.batch_size applies to algorithms trained on mini-batches (pretrain); "
+                        f"{algorithm.__name__} trains on meta-batches of episodes (train.meta_batch_size): "
+                        f"leave train.batch_size null.")
+    if config.get("init") is not None:
+        from meta_cli import init
+
+        init.read(config["init"], config["backbone"])
     evaluation: EvalSettings = instantiate(config["eval"])
     asked = {"train.ways": [settings.ways] if settings.ways is not None else [],
              "eval.ways": list(evaluation.ways) if isinstance(evaluation.ways, list)

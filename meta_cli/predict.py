@@ -203,7 +203,7 @@ def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple
                         f"(e.g. one trained with dataset=omniglot).")
     preprocessing = _preprocessing(payload, path)
     ways = config["dataset"].get("ways", inspect.signature(dataset).parameters["ways"].default)
-    return build_model(config, dataset.task, input_shape(preprocessing), ways), preprocessing
+    return build_model(config, dataset.task, input_shape(preprocessing), ways, payload.get("classes")), preprocessing
 
 
 def _preprocessing(payload: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -123,8 +123,28 @@ def _resolve_name(module: str, name: str, depth: int = 0) -> Any:
     if imported and imported[0] == "meta_cli.params":
         return _PARAMS[imported[1]]
     if imported and imported[0].startswith("meta_cli"):
+        submodule = f"{imported[0]}.{imported[1]}"
+        if _is_module(submodule):  # `from meta_cli.algorithms import heads`: heads.Head
+            return _ModuleRef(submodule)
         return _resolve_name(imported[0], imported[1], depth + 1)
     raise Unreadable(f"{module}.{name} is not an alias of typing objects")
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _ModuleRef:
+    """A project module named in an annotation (`heads.Head`): its aliases, resolved on access."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return _resolve_name(self.module, name)
 
 
 def _evaluate(node: ast.expr, module: str) -> Any:

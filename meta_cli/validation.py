@@ -14,10 +14,13 @@ split's classes, an algorithm against the dataset's task) are `meta_cli.build.ch
 """
 from __future__ import annotations
 
+import functools
 import types
 import typing
+from importlib import resources
 from typing import Any, Literal, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,7 +33,7 @@ _NUMBER_KINDS = {int: "an integer", float: "a number", bool: "true or false", st
 #: The top-level keys of each command's config.
 TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
 COMMAND_KEYS = {
-    "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "logger", "distributed"},
+    "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "init", "logger", "distributed"},
     "eval": {"checkpoint", "data_root", "eval", "device", "distributed"},
     "predict": {"checkpoint", "support", "query", "device"},
 }
@@ -112,12 +115,29 @@ def check_node(node: dict[str, Any], path: str) -> None:
         if key.startswith("_"):
             continue
         if key not in params:
-            raise UserError(f"Unknown config key '{path}.{key}'. Allowed keys of {path}: {allowed}.")
+            owners = [name for name, keys in _options_of(path).items() if key in keys]
+            where = f" It is an option of {path}={', '.join(owners)}." if owners else ""
+            raise UserError(f"Unknown config key '{path}.{key}'.{where} Allowed keys of {path}: {allowed}.")
         if not matches(value, params[key].hint):
             raise UserError(f"{path}.{key} must be {describe(params[key].hint)}; got {value!r}.")
     for name, p in params.items():
         if p.required and name not in node:
             raise UserError(f"Missing config key '{path}.{name}' ({describe(p.hint)}).")
+
+
+@functools.lru_cache(maxsize=None)
+def _options_of(group: str) -> dict[str, frozenset[str]]:
+    """Option name -> its keys, for each option of a config group (conf/<group>/*.yaml): an
+    unknown key is often another option's (algorithm.head is pretrain's)."""
+    folder = resources.files("meta_cli.conf") / group
+    if not folder.is_dir():
+        return {}
+    options = {}
+    for file in folder.iterdir():
+        if file.name.endswith(".yaml"):
+            node = yaml.safe_load(file.read_text()) or {}
+            options[file.name[:-5]] = frozenset(k for k in node if not k.startswith("_") and k != "defaults")
+    return options
 
 
 def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from meta_cli import __version__, build, checkpoint, distributed, presets, resume
+from meta_cli import __version__, build, checkpoint, distributed, init, presets, resume
 from meta_cli.apps.common import test_rows, write_results
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
@@ -43,6 +43,8 @@ def train(cfg: DictConfig) -> float | None:
     choices = {g: HydraConfig.get().runtime.choices.get(g) for g in ("algorithm", "dataset", "backbone")}
     choices["preset"] = presets.applied(HydraConfig.get().runtime.choices.get("preset")) or "none"
     saved: dict[str, Any] = {"config": config, "choices": choices, "meta_cli_version": __version__, **described}
+    if source.task == "classification":
+        saved["classes"] = source.num_classes("train")  # what a classifier over them was built for
     outputs = RunOutputs(out, METRICS_COLUMNS, saved, settings.keep_checkpoints,
                          lambda **kw: build.instantiate(config["logger"], run_dir=out, **kw), writes=world.main)
     trainer = build.trainer(run, settings, world, outputs)
@@ -56,6 +58,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer.load_state_dict(payload)
         log.info("resuming %s from iteration %d (%s)", out, trainer.iteration, path.name)
     else:
+        if config["init"] is not None:  # transfer: the backbone from another run, the rest new
+            saved["init"] = init.load_backbone(algorithm, config["init"], config["backbone"])
+            log.info("backbone from %s (sha256 %s)", saved["init"]["path"], saved["init"]["sha256"][:12])
         if world.main:
             (out / "splits.json").write_text(json.dumps(described["splits"], indent=1))
         log.info("run dir %s on %s%s; preset %s", out, run.device,

@@ -55,6 +55,39 @@ def episode_rng(seed: int, split: str, index: int) -> np.random.Generator:
 DATASET_KEYS = {"ways": "dataset.ways", "shots": "dataset.shots", "query": "dataset.query"}
 
 
+#: After the split codes of `episode_rng` (0-2): the stream of the non-episodic mini-batches.
+BATCH_STREAM = 3
+
+
+def epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
+    """The order (a permutation of 0..examples-1) in which epoch `epoch` visits the examples.
+
+    Its own stream, [seed, 3, 0, epoch], never meets an episode's [seed, split, index]
+    (split < 3) nor a batch's augmentation stream [seed, 3, 1, index]."""
+    return np.random.default_rng([seed, BATCH_STREAM, 0, epoch]).permutation(examples)
+
+
+def batch_examples(seed: int, index: int, size: int, examples: int) -> np.ndarray:
+    """Example ids (size,) of mini-batch number `index` (0-based): shuffled mini-batches.
+
+    The batches are consecutive slices of an endless sequence of epochs, each a fresh
+    permutation of all `examples` (`epoch_order`): batch `index` holds positions
+    index * size ... index * size + size - 1, in epoch index * size // examples (and the next,
+    when it straddles two). So every example is seen once per epoch, and the batch is a pure
+    function of its arguments: resuming at any index draws what the first run drew.
+    """
+    start = index * size
+    first, last = start // examples, (start + size - 1) // examples
+    order = np.concatenate([epoch_order(seed, e, examples) for e in range(first, last + 1)])
+    offset = start - first * examples
+    return order[offset:offset + size]
+
+
+def batch_rng(seed: int, index: int) -> np.random.Generator:
+    """The RNG of mini-batch `index`'s augmentation (random affine), [seed, 3, 1, index]."""
+    return np.random.default_rng([seed, BATCH_STREAM, 1, index])
+
+
 class TaskSource(abc.ABC):
     """A dataset that yields episodes. Subclasses are Hydra `_target_`s."""
 
@@ -73,10 +106,6 @@ class TaskSource(abc.ABC):
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
                 query: int) -> Episode:
         """Episode number `index` of `split`; the same arguments give the same episode."""
-
-    def num_classes(self, split: Split) -> int:
-        """Classes an episode of `split` can draw from."""
-        raise NotImplementedError
 
     def images_per_class(self, split: Split) -> int:
         """Images of the smallest class of `split`: an episode takes shots + query of each."""
@@ -99,6 +128,36 @@ class TaskSource(abc.ABC):
         if shots + query > per_class:
             raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images per "
                             f"class of {where}; lower {keys['shots']} or {keys['query']}.{tail}")
+
+    # Non-episodic training (algorithm=pretrain): numbered mini-batches of (image, class of
+    # the split). Datasets of classes get these from `sampler.ClassBatches`.
+
+    def num_classes(self, split: Split) -> int:
+        """Classes of `split` (episodes draw their ways from them; batches label them
+        0..num_classes-1); with Omniglot's rotations and flips, each turned or mirrored
+        character of the train split is one."""
+        raise self._no_classes()
+
+    def num_examples(self, split: Split) -> int:
+        """(image, class) pairs an epoch of `split` visits: each image once per class variant."""
+        raise self._no_classes()
+
+    def batch(self, split: Split, index: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mini-batch number `index` (0-based) of `split`: images (size, C, H, W) and their
+        classes (size,) int64 in 0..num_classes(split)-1; a pure function of its arguments
+        (`batch_examples`, `batch_rng`), augmented as the split's episodes are."""
+        raise self._no_classes()
+
+    def _no_classes(self) -> UserError:
+        return UserError(f"dataset {type(self).__name__} has no classes to train a classifier on; "
+                         f"use an episodic algorithm, or a classification dataset.")
+
+    def check_batch(self, split: Split, size: int, key: str = "train.batch_size") -> None:
+        """Raise UserError when a batch of `size` cannot be drawn without repeating an example."""
+        examples = self.num_examples(split)
+        if size > examples:
+            raise UserError(f"{key}={size} is more than the {examples} training images of the "
+                            f"{split} split (each class variant counted); use {key} <= {examples}.")
 
     def to(self, device: torch.device) -> "TaskSource":
         """Keep the data on the training device so that sampling never copies from host."""

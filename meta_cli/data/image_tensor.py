@@ -24,7 +24,7 @@ from meta_cli.atomic import atomic_file, write_atomic
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
 from meta_cli.data.cache import cache_dir
 from meta_cli.data.download import one_line
-from meta_cli.data.sampler import ClassSampler
+from meta_cli.data.sampler import ClassBatches, ClassSampler
 from meta_cli.errors import UserError
 
 CACHE_FORMAT = 1
@@ -111,7 +111,7 @@ class PartCache:
         return decoded
 
 
-class ImageTensorSource(TaskSource):
+class ImageTensorSource(ClassBatches, TaskSource):
     """A classification TaskSource over cached parts; subclasses pass what they read.
 
     A subclass sets `folder` (named in messages) and calls `_setup` with parts: part name ->

@@ -31,7 +31,7 @@ from meta_cli.data.omniglot_files import (
     list_characters,
     load_images,
 )
-from meta_cli.data.sampler import Affine, ClassSampler
+from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -74,7 +74,7 @@ def make_splits(variant: str, characters: list[str]) -> dict[str, list[str]]:
     }
 
 
-class Omniglot(TaskSource):
+class Omniglot(ClassBatches, TaskSource):
     task = "classification"
     input_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
 
