@@ -337,21 +337,22 @@ def test_evaluate_gives_identical_returns_for_the_same_seed():
     assert first != other
 
 
-@pytest.mark.parametrize("outer", ["trpo", "ppo"])
-def test_a_meta_step_is_deterministic_and_resumes_bit_exactly(outer):
+@pytest.mark.parametrize("settings", [{"outer": "trpo"}, {"outer": "ppo"},
+                                      {"outer": "trpo", "fisher_subsample": 2, "adaptation_steps": 2}])
+def test_a_meta_step_is_deterministic_and_resumes_bit_exactly(settings):
     """Two steps in one go, and the same two steps with the weights (and Adam) saved after the
     first and loaded into an algorithm built from another seed: identical metrics and weights."""
     source = small_source()
     tasks = [source.tasks("train", range(i * 3, i * 3 + 3), 0) for i in range(2)]
-    straight = small_maml(source, outer=outer)
+    straight = small_maml(source, **settings)
     before = {k: v.clone() for k, v in straight.state_dict().items()}
     metrics = [straight.meta_step(tasks[i], i, seed=0) for i in range(2)]
     assert not state_equal(before, straight.state_dict())
 
-    first = small_maml(source, outer=outer)
+    first = small_maml(source, **settings)
     assert {k: v for k, v in first.meta_step(tasks[0], 0, 0).items() if k not in TIMING} == \
         {k: v for k, v in metrics[0].items() if k not in TIMING}
-    resumed = small_maml(source, seed=99, outer=outer)
+    resumed = small_maml(source, seed=99, **settings)
     resumed.load_state_dict(first.state_dict())
     resumed.load_outer_state_dict(first.outer_state_dict())
     again = resumed.meta_step(tasks[1], 1, 0)
@@ -362,7 +363,8 @@ def test_a_meta_step_is_deterministic_and_resumes_bit_exactly(outer):
 
 
 @pytest.mark.parametrize("make", [small_maml, lambda s: small_maml(s, outer="ppo"),
-                                  lambda s: PretrainRL(s, hidden=[16, 16], cg_iterations=3)])
+                                  lambda s: PretrainRL(s, hidden=[16, 16], cg_iterations=3),
+                                  lambda s: PretrainRL(s, hidden=[16, 16], outer="ppo")])
 def test_a_nan_return_stops_the_step_before_any_weight_changes(make):
     source = small_source()
     algo = make(source)
@@ -379,7 +381,7 @@ def test_the_baselines_train_and_do_not_train():
     source = small_source()
     tasks = source.tasks("train", range(3), 0)
     torch.manual_seed(0)
-    pretrain = PretrainRL(source, hidden=[16, 16], cg_iterations=3)
+    pretrain = PretrainRL(source, hidden=[16, 16], cg_iterations=3, fisher_subsample=2)
     before = {k: v.clone() for k, v in pretrain.state_dict().items()}
     metrics = pretrain.meta_step(tasks, 0, 0)
     assert not state_equal(before, pretrain.state_dict()) and math.isfinite(metrics["return_post"])

@@ -86,14 +86,18 @@ class RLAlgorithm(nn.Module):
         pass
 
     # -- the inner loop -------------------------------------------------------------------
-    def set_advantages(self, rollout: Rollout) -> Rollout:
-        """Fit the task's linear baseline on its returns, then GAE (normalised if configured)."""
+    def set_advantages(self, rollouts: Sequence[Rollout]) -> list[Rollout]:
+        """Fit each task's linear baseline on its returns, then GAE (normalised per task if
+        configured). The recursions over time run once for all tasks, side by side."""
         s = self.source
-        returns = adv.discounted_returns(rollout.rewards, rollout.mask, s.gamma)
-        values = baseline.fit_predict(rollout.obs, returns, rollout.mask)
-        advantages = adv.gae(rollout.rewards, values, rollout.mask, s.gamma, s.gae_lambda)
-        rollout.advantages = adv.normalize(advantages, rollout.mask) if self.normalize_advantages else advantages
-        return rollout
+        rewards = torch.cat([r.rewards for r in rollouts], dim=1)
+        mask = torch.cat([r.mask for r in rollouts], dim=1)
+        returns = adv.discounted_returns(rewards, mask, s.gamma).split([r.rewards.shape[1] for r in rollouts], 1)
+        values = torch.cat([baseline.fit_predict(r.obs, ret, r.mask) for r, ret in zip(rollouts, returns)], dim=1)
+        advantages = adv.gae(rewards, values, mask, s.gamma, s.gae_lambda)
+        for rollout, a in zip(rollouts, advantages.split([r.rewards.shape[1] for r in rollouts], 1)):
+            rollout.advantages = adv.normalize(a, rollout.mask) if self.normalize_advantages else a
+        return list(rollouts)
 
     @staticmethod
     def pg_loss(learner: nn.Module, rollout: Rollout) -> torch.Tensor:
@@ -118,7 +122,7 @@ class RLAlgorithm(nn.Module):
         rollouts, seconds = sample(self.source, self.policy, policies, tasks,
                                    [seed_fn(task, step) for task in tasks])
         self._rollout_s += seconds
-        return [self.set_advantages(r) for r in rollouts]
+        return self.set_advantages(rollouts)
 
     def adapt_and_sample(self, tasks: Sequence[RLTask], steps: int, seed_fn: SeedFn) -> list[list[Rollout]]:
         """rollouts[k][i]: task i's rollout after k = 0 .. steps first-order inner steps, each

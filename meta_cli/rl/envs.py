@@ -16,6 +16,7 @@ A sub-environment's task is its `task` attribute, a dict of floats (e.g. {"goal_
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -180,7 +181,21 @@ class HalfCheetahVel(_HalfCheetahTask):
         return -abs(x_velocity - self.task["velocity"])
 
 
+def _route_mujoco_warnings() -> None:
+    """MuJoCo prints its warnings to stderr and appends them to MUJOCO_LOG.TXT in the working
+    directory. Send them to Python's warnings instead, without the one that Gymnasium's own
+    half_cheetah.xml triggers on every load under mujoco >= 3.3 (its deprecated settotalmass)."""
+    import mujoco
+
+    def handler(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+
+
 def make_halfcheetah(wrapper: type[_HalfCheetahTask], horizon: int, task: dict[str, float]) -> gym.Env:
     """Gymnasium's HalfCheetah-v5 cut at `horizon` steps, with the task reward of `wrapper`."""
+    _route_mujoco_warnings()
     env = gym.make("HalfCheetah-v5", max_episode_steps=horizon, disable_env_checker=True)
     return wrapper(env, task)

@@ -44,6 +44,7 @@ class MAMLTRPO(RLAlgorithm):
         max_kl: Annotated[float, Gt(0)] = 0.01,
         cg_iterations: Annotated[int, Ge(1)] = 10,
         cg_damping: Annotated[float, Ge(0)] = 1e-5,
+        fisher_subsample: Annotated[int, Ge(1)] = 1,
         ls_steps: Annotated[int, Ge(1)] = 15,
         ls_backtrack: Annotated[float, Gt(0)] = 0.8,
         ppo_clip: Annotated[float, Gt(0)] = 0.2,
@@ -57,6 +58,10 @@ class MAMLTRPO(RLAlgorithm):
         super().__init__(source, fast_lr, adaptation_steps, hidden, activation, init_std, normalize_advantages)
         if ls_backtrack >= 1:
             raise UserError(f"algorithm.ls_backtrack must be below 1 (a fraction); got {ls_backtrack}.")
+        if fisher_subsample > 1 and backend != "batched":
+            raise UserError("algorithm.fisher_subsample applies to backend=batched; set "
+                            "algorithm.backend=batched or algorithm.fisher_subsample=1.")
+        self.fisher_subsample = fisher_subsample
         self.first_order = first_order
         self.outer, self.backend = outer, backend
         self.max_kl, self.cg_iterations, self.cg_damping = max_kl, cg_iterations, cg_damping
@@ -81,7 +86,8 @@ class MAMLTRPO(RLAlgorithm):
             batch = MetaBatch(self.policy, [Stacked.of(step) for step in rollouts[:-1]],
                               Stacked.of(rollouts[-1]), self.fast_lr, second_order, old[0], self.ppo_clip)
             old[0] = batch.old
-            return batch.surrogate, batch.clipped, batch.kl, batch.fisher_vector
+            return (batch.surrogate, batch.clipped, batch.kl,
+                    lambda: batch.fisher_vector(self.fisher_subsample))
         surrogates, clipped, kls = [], [], []
         for i, valid in enumerate(rollouts[-1]):
             learner = self.adapted([step[i] for step in rollouts[:-1]], second_order)

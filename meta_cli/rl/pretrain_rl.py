@@ -19,13 +19,14 @@ from torch.distributions import Normal
 from meta_cli.params import Ge, Gt
 from meta_cli.rl import ppo, trpo
 from meta_cli.rl.maml_trpo import MAMLTRPO
+from meta_cli.rl.meta_batch import Stacked
 from meta_cli.rl.policy import Activation, GaussianMLP
 from meta_cli.rl.rollout import Rollout
 from meta_cli.rl.tasks import RLTask, RLTaskSource
 
 
 class PretrainRL(MAMLTRPO):
-    """maml_trpo's keys but first_order: there is no inner loop to train through."""
+    """maml_trpo's keys but first_order and backend: there is no inner loop to train through."""
 
     def __init__(
         self,
@@ -36,6 +37,7 @@ class PretrainRL(MAMLTRPO):
         max_kl: Annotated[float, Gt(0)] = 0.01,
         cg_iterations: Annotated[int, Ge(1)] = 10,
         cg_damping: Annotated[float, Ge(0)] = 1e-5,
+        fisher_subsample: Annotated[int, Ge(1)] = 1,
         ls_steps: Annotated[int, Ge(1)] = 15,
         ls_backtrack: Annotated[float, Gt(0)] = 0.8,
         ppo_clip: Annotated[float, Gt(0)] = 0.2,
@@ -46,27 +48,32 @@ class PretrainRL(MAMLTRPO):
         init_std: Annotated[float, Gt(0)] = 1.0,
         normalize_advantages: bool = True,
     ) -> None:
-        super().__init__(source, fast_lr, adaptation_steps, False, outer, "l2l", max_kl, cg_iterations,
-                         cg_damping, ls_steps, ls_backtrack, ppo_clip, ppo_epochs, ppo_lr, hidden,
-                         activation, init_std, normalize_advantages)
+        super().__init__(source, fast_lr=fast_lr, adaptation_steps=adaptation_steps, outer=outer,
+                         max_kl=max_kl, cg_iterations=cg_iterations, cg_damping=cg_damping,
+                         fisher_subsample=fisher_subsample,
+                         ls_steps=ls_steps, ls_backtrack=ls_backtrack, ppo_clip=ppo_clip,
+                         ppo_epochs=ppo_epochs, ppo_lr=ppo_lr, hidden=hidden, activation=activation,
+                         init_std=init_std, normalize_advantages=normalize_advantages)
 
-    def pooled(self, rollouts: list[Rollout], old: list[Normal | None]
+    def pooled(self, batch: Stacked, old: list[Normal | None], rows: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(TRPO surrogate, PPO clipped surrogate, KL) of the policy itself, averaged over tasks."""
-        surrogates, clipped, kls = [], [], []
-        for i, rollout in enumerate(rollouts):
-            dist = self.policy(rollout.obs)
-            if old[i] is None:
-                old[i] = Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
-            log_probs = GaussianMLP.log_prob(dist, rollout.actions)
-            old_log_probs = GaussianMLP.log_prob(old[i], rollout.actions)
-            count = rollout.mask.sum()
-            surrogates.append(-(torch.exp(log_probs - old_log_probs) * rollout.advantages
-                                * rollout.mask).sum() / count)
-            clipped.append(ppo.clipped_surrogate(log_probs, old_log_probs, rollout.advantages,
-                                                 rollout.mask, self.ppo_clip))
-            kls.append((GaussianMLP.kl(old[i], dist) * rollout.mask).sum() / count)
-        return torch.stack(surrogates).mean(), torch.stack(clipped).mean(), torch.stack(kls).mean()
+        """(TRPO surrogate, PPO clipped surrogate, KL) of the policy itself, averaged over the
+        tasks, on all steps or on `rows` of them. `old[0]`: the policy the step started from."""
+        if old[0] is None:
+            with torch.no_grad():
+                old[0] = self.policy(batch.obs)
+        reference = old[0]
+        if rows is not None:
+            batch = batch.select(rows)
+            reference = Normal(reference.loc[:, rows], reference.scale[:, rows], validate_args=False)
+        dist = self.policy(batch.obs)  # the tasks share the weights: one pass over (G, m, d)
+        log_probs = GaussianMLP.log_prob(dist, batch.actions)
+        old_log_probs = GaussianMLP.log_prob(reference, batch.actions)
+        surrogate = -batch.mean(torch.exp(log_probs - old_log_probs) * batch.advantages).mean()
+        clipped = -batch.mean(ppo.clipped_objective(log_probs, old_log_probs, batch.advantages,
+                                                    self.ppo_clip)).mean()
+        kl = batch.mean(GaussianMLP.kl(reference, dist)).mean()
+        return surrogate, clipped, kl
 
     @torch.enable_grad()
     def meta_step(self, tasks: list[RLTask], iteration: int, seed: int) -> dict[str, float]:
@@ -80,12 +87,15 @@ class PretrainRL(MAMLTRPO):
         post = self.sample(learners, tasks, self.adaptation_steps + 1, seed_fn)
         self.check_returns([*batches, post], tasks, iteration)
         metrics = self.step_metrics([batches[0], post], start)
-        pooled = [self.set_advantages(Rollout.cat(per_task)) for per_task in zip(*batches)]
-        old: list[Normal | None] = [None] * len(tasks)
+        pooled = Stacked.of(self.set_advantages([Rollout.cat(per_task) for per_task in zip(*batches)]))
+        old: list[Normal | None] = [None]
         params = list(self.parameters())
         if self.outer == "trpo":
-            surrogate, _, kl = self.pooled(pooled, old)
-            fisher = lambda: trpo.hessian_vector_product(kl, params)  # noqa: E731
+            surrogate, _, _ = self.pooled(pooled, old)
+
+            def fisher():
+                kl = self.pooled(pooled, old, pooled.rows(self.fisher_subsample))[2]
+                return trpo.hessian_vector_product(kl, params)
 
             def evaluate() -> tuple[float, float]:
                 with torch.no_grad():
