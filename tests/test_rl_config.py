@@ -37,3 +37,13 @@ def test_an_unknown_outer_step_is_refused():
     config["outer"] = "sgd"
     with pytest.raises(UserError, match="algorithm.outer must be one of: trpo, ppo"):
         check_node(config, "algorithm")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "tuned").glob("*.yaml")
+                                          if p.stem.startswith(("maml_trpo_", "pretrain_rl_"))))
+def test_the_rl_presets_set_existing_keys(preset):
+    algorithm = "maml_trpo" if preset.startswith("maml_trpo_") else "pretrain_rl"
+    overrides = OmegaConf.to_container(OmegaConf.load(CONF / "tuned" / f"{preset}.yaml"))
+    check_node({**node("algorithm", algorithm), **overrides.get("algorithm", {})}, "algorithm")
+    assert set(overrides) <= {"algorithm", "train", "dataset"}
+    assert set(overrides.get("train", {})) <= {"meta_batch_size", "iterations"}

@@ -335,6 +335,10 @@ def test_evaluate_gives_identical_returns_for_the_same_seed():
     other = small_maml(source).evaluate(tasks, (0, 1, 2), seed=4)
     assert first == second and sorted(first) == [0, 1, 2] and len(first[2]) == 4
     assert first != other
+    # As `meta-cli eval checkpoint=...` will: the weights loaded into another initialisation.
+    loaded = small_maml(source, seed=99)
+    loaded.load_state_dict(small_maml(source).state_dict())
+    assert loaded.evaluate(tasks, (0, 1, 2), seed=3) == first
 
 
 @pytest.mark.parametrize("settings", [{"outer": "trpo"}, {"outer": "ppo"},
