@@ -34,6 +34,12 @@ from meta_cli.rl.rollout import EVAL_STREAM, TRAIN_STREAM, Rollout, rollout_seed
 from meta_cli.rl.tasks import RLTask, RLTaskSource
 
 SeedFn = Callable[[RLTask, int], tuple[list[int], int]]
+#: What every algorithm's meta_step reports (others may follow, e.g. TRPO's step_fraction):
+#: mean return before and after adaptation over the meta-batch, the outer loss before and
+#: after the update (nan where there is none), the KL of the update, the policy's mean std,
+#: and the seconds spent sampling within the step's seconds.
+CORE_METRICS = ("return_pre", "return_post", "loss_before", "loss_after", "kl", "policy_std",
+                "rollout_s", "step_s")
 
 
 class RLAlgorithm(nn.Module):

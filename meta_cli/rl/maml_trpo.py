@@ -129,7 +129,8 @@ class MAMLTRPO(RLAlgorithm):
         else:
             stats = ppo.ppo_steps(params, self.optimizer,
                                   lambda: self.objective(rollouts, old, second_order)[1], self.ppo_epochs)
-            stats["kl"] = float(self.objective(rollouts, old, second_order=False)[2].detach())
+            _, loss_after, kl, _ = self.objective(rollouts, old, second_order=False)
+            stats.update(loss_after=float(loss_after.detach()), kl=float(kl.detach()))
         metrics.update(stats)
         metrics["step_s"] = time.perf_counter() - start
         return metrics

@@ -27,7 +27,8 @@ def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
 
 def ppo_steps(params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
               objective: Callable[[], torch.Tensor], epochs: int) -> dict[str, float]:
-    """`epochs` Adam steps on `objective()` (recomputed each time). If a loss or gradient is
+    """`epochs` Adam steps on `objective()` (recomputed each time); returns the loss before
+    them (the caller evaluates the loss after, with the KL). If a loss or gradient is
     not finite, the parameters and Adam's state go back to where they were and UserError is
     raised: a diverged step leaves no trace."""
     saved_params = [p.detach().clone() for p in params]
@@ -49,5 +50,4 @@ def ppo_steps(params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
         optimizer.step()
         losses.append(float(loss.detach()))
     optimizer.zero_grad(set_to_none=True)
-    # loss_after: the loss the last Adam step started from (one more pass would cost a forward).
-    return {"loss_before": losses[0], "loss_after": losses[-1]}
+    return {"loss_before": losses[0]}

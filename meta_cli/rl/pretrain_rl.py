@@ -107,7 +107,8 @@ class PretrainRL(MAMLTRPO):
         else:
             stats = ppo.ppo_steps(params, self.optimizer, lambda: self.pooled(pooled, old)[1], self.ppo_epochs)
             with torch.no_grad():
-                stats["kl"] = float(self.pooled(pooled, old)[2])
+                _, loss_after, kl = self.pooled(pooled, old)
+            stats.update(loss_after=float(loss_after), kl=float(kl))
         metrics.update(stats)
         metrics["step_s"] = time.perf_counter() - start
         return metrics

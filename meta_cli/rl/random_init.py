@@ -24,4 +24,5 @@ class RandomInitRL(RLAlgorithm):
         self._rollout_s = 0.0
         rollouts = self.adapt_and_sample(tasks, self.adaptation_steps, self.train_seeds(seed, iteration))
         self.check_returns(rollouts, tasks, iteration)
-        return self.step_metrics(rollouts, start)
+        nothing = {"loss_before": float("nan"), "loss_after": float("nan"), "kl": 0.0}
+        return {**self.step_metrics(rollouts, start), **nothing}

@@ -45,11 +45,8 @@ class Rollout:
     log_probs: torch.Tensor
     advantages: torch.Tensor | None = None
 
-    def returns(self) -> torch.Tensor:
-        """(n,) undiscounted return of each trajectory."""
-        return self.rewards.sum(0)
-
     def mean_return(self) -> float:
+        """The mean over trajectories of the undiscounted return."""
         return float(self.rewards.double().sum(0).mean())
 
     @staticmethod

@@ -18,7 +18,7 @@ from gymnasium.vector import SyncVectorEnv, VectorEnv
 
 from meta_cli.data.base import Split, episode_rng
 from meta_cli.errors import UserError
-from meta_cli.params import Ge, Gt
+from meta_cli.params import Ge
 from meta_cli.rl import envs
 
 
