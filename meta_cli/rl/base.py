@@ -14,6 +14,10 @@ The contract with the engine (the RL counterpart of `meta_cli.algorithms.base.Al
   or the surrogate is not finite.
 - `evaluate(tasks, steps, seed) -> {steps: [mean return of each task]}`: returns after 0, 1, ...
   adaptation steps, a pure function of (weights, tasks, seed).
+
+"Pure" holds for a fixed torch thread count: with 2 intra-op threads instead of 1 the batched
+matrix products round differently (a navigation2d meta-step's weights then differ by ~1e-3), so
+resuming and re-evaluating bit for bit need the thread count of the original run.
 """
 from __future__ import annotations
 
