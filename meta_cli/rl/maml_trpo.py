@@ -12,7 +12,7 @@ Sampling and test-time adaptation run learn2learn's MAML clone/adapt task by tas
 objective does too with backend=l2l (its Fisher-vector product by differentiating the KL's
 gradient through the adaptation, third order, as learn2learn's example); backend=batched
 computes the same objective for the whole meta-batch at once (meta_batch.py) with a
-second-order Fisher product, about 2.4x faster per Fisher product on navigation2d.
+second-order Fisher product, 2.2-2.5x faster per Fisher product on navigation2d.
 """
 from __future__ import annotations
 
