@@ -25,13 +25,19 @@ from meta_cli.evaluation import EpisodeValidation, EvalSettings
 from meta_cli.loop import Trainer, schedule
 from meta_cli.outputs import RunOutputs
 from meta_cli.settings import TrainSettings, uses_bf16
-from meta_cli.steps import BatchStep, EpisodeStep
+from meta_cli.steps import BatchStep, EpisodeStep, RolloutStep
 from meta_cli.validation import TRAIN_GROUPS, check_config, check_node, plain
 
 
 def trainer(run: Run, settings: TrainSettings, world: World, outputs: RunOutputs) -> Trainer:
     """The Trainer of a built run: the step its algorithm learns by, its validation, outputs."""
     algorithm, source, seed = run.algorithm, run.source, run.config["seed"]
+    if source.task == "rl":  # the algorithm samples and updates itself (TRPO's line search)
+        from meta_cli.rl.evaluation import OuterOptimizer, RLValidation
+
+        return Trainer(algorithm, RolloutStep(algorithm, source, settings, seed),
+                       RLValidation(algorithm, source, settings.val_episodes, seed), outputs, settings,
+                       world, OuterOptimizer(algorithm))
     optimizer = algorithm.meta_optimizer(settings.meta_lr)
     bf16 = uses_bf16(settings.precision, run.device.type)
     step_kind = BatchStep if algorithm.learns_from == "batches" else EpisodeStep
@@ -67,8 +73,13 @@ def outputs_of(task: Task, ways: int) -> int:
     return ways if task == "classification" else 1
 
 
-def check_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...]) -> None:
-    """The algorithm's and the backbone's own checks, on the config alone."""
+def check_model(config: dict[str, Any], task: Task, input_shape: tuple[int, ...] | None) -> None:
+    """The algorithm's and the backbone's own checks, on the config alone. The task decides
+    first: meta-RL (no input shape) needs no backbone."""
+    algorithm = get_object(config["algorithm"]["_target_"])
+    algorithm.check_task(task)
+    if task == "rl":
+        return
     backbone = get_object(config["backbone"]["_target_"])
     get_object(config["algorithm"]["_target_"]).check(  # first: the task decides the rest
         task, vmap_blocker=backbone.vmap_blocker(**_arguments(config["backbone"])), **_arguments(config["algorithm"]))
@@ -93,6 +104,12 @@ def build(config: dict[str, Any], splits: dict[str, list[str]] | None = None,
     device = instantiate(config["device"])
     if source is None:
         source = instantiate(config["dataset"], splits=splits)
+    if source.task == "rl":  # the policy network is the algorithm's own; rollouts are NumPy
+        check_model(config, source.task, None)
+        if config["device"]["kind"] == "cuda":
+            raise UserError("meta-RL runs on the CPU (its environments step in NumPy and its policies are "
+                            "small): use device=cpu or device=auto.")
+        return Run(config, source, instantiate(config["algorithm"], source=source), torch.device("cpu"))
     needs_classes = "classes" in get_object(config["algorithm"]["_target_"]).injected
     algorithm = build_model(config, source.task, source.input_shape, source.ways,
                             source.num_classes("train") if needs_classes else None)
@@ -112,8 +129,14 @@ def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = 
         sources[key] = instantiate(config["dataset"])
     source = sources[key]
     instantiate(config["device"])  # device=cuda without a GPU
-    check_model(config, source.task, source.input_shape)
+    check_model(config, source.task, None if source.task == "rl" else source.input_shape)
     settings: TrainSettings = instantiate(config["train"])
+    evaluation: EvalSettings = instantiate(config["eval"])
+    if source.task == "rl":
+        for key, value in (("ways", settings.ways), ("query", settings.query), ("batch_size", settings.batch_size)):
+            if value is not None:
+                raise UserError(f"train.{key} does not apply to meta-RL; leave it null.")
+        return settings, evaluation
     if settings.ways is not None and source.task != "classification":
         raise UserError("train.ways applies to classification only; leave it null.")
     algorithm = get_object(config["algorithm"]["_target_"])
@@ -130,7 +153,6 @@ def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = 
         from meta_cli import init
 
         init.read(config["init"], config["backbone"])
-    evaluation: EvalSettings = instantiate(config["eval"])
     asked = {"train.ways": [settings.ways] if settings.ways is not None else [],
              "eval.ways": list(evaluation.ways) if isinstance(evaluation.ways, list)
              else [evaluation.ways] if evaluation.ways is not None else []}

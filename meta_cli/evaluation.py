@@ -29,6 +29,8 @@ class EvalSettings:
     ways: Ways = None
     shots: Shots = None
     query: Annotated[int, Ge(1)] | None = None
+    #: Meta-RL: the test tasks, each adapted from the meta-trained policy (returns.csv).
+    tasks: Annotated[int, Ge(1)] = 40
 
     def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
         """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give

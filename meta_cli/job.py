@@ -24,6 +24,9 @@ T = TypeVar("T")
 # checks our preset against it, and warns that this matching is deprecated. Set here, on import,
 # because the jobs of a joblib or submitit launcher compose their config in other processes.
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
+# Every job flushes denormals to zero (allocator.tune_process), which numpy's float limits
+# then report once per dtype (Gymnasium's spaces ask for them): expected, not a problem.
+warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")
 
 #: Messages of the jobs of this process that failed; the CLI turns them into its exit code.
 FAILED: list[str] = []

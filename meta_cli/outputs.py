@@ -13,6 +13,10 @@ from meta_cli.atomic import write_atomic
 
 #: metrics.csv of classification and regression; meta-RL puts its returns in place of accuracy.
 METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "elapsed_s"]
+#: metrics.csv of meta-RL: mean returns before and after adaptation, the outer step's KL, the
+#: policy's std and the seconds spent sampling trajectories.
+RL_METRICS_COLUMNS = ["iteration", "split", "loss", "return_pre", "return_post", "kl", "policy_std",
+                      "rollout_s", "tasks_per_s", "elapsed_s"]
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
 

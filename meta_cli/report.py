@@ -47,15 +47,19 @@ STATES = ("ok", "failed", "stopped")
 
 
 def _kind(rows: pd.DataFrame) -> pd.Series:
-    """'accuracy' for classification rows (accuracy.csv has an accuracy), 'mse' for regression."""
-    return rows["accuracy"].notna().map({True: "accuracy", False: "mse"})
+    """'accuracy' for classification rows (accuracy.csv has an accuracy), 'return' for meta-RL
+    (returns.csv), 'mse' for regression."""
+    rl = rows["return"].notna() if "return" in rows.columns else pd.Series(False, index=rows.index)
+    return pd.Series(["return" if r else "accuracy" if a else "mse"
+                      for r, a in zip(rl, rows["accuracy"].notna())], index=rows.index)
 
 
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean ± ci95 per setting over its seeds; `seed_std` is the spread across seeds.
 
-    Classification rows fill `accuracy` (a fraction), regression rows `mse` (the test loss):
-    a sweep over both kinds keeps them apart. Jobs are counted by state: failed, stopped (by
+    Classification rows fill `accuracy` (a fraction), regression rows `mse` (the test loss),
+    meta-RL rows `return` (one row per adaptation `steps`): a sweep over several kinds keeps
+    them apart. Jobs are counted by state: failed, stopped (by
     SIGTERM/SIGINT, resumable) and unfinished (still running, killed, or never started).
     """
     common = common_overrides(summary)
@@ -69,24 +73,25 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         if done.empty:
             rows.append({"setting": setting, **counts})
             continue
-        done = done.assign(kind=_kind(done))
-        for (ways, shots, split, kind), group in done.groupby(["ways", "shots", "split", "kind"],
-                                                              dropna=False, sort=False):
-            values = group["accuracy" if kind == "accuracy" else "loss"].astype(float)
-            rows.append({"setting": setting, "ways": ways, "shots": shots, "split": split, **counts,
+        done = done.assign(kind=_kind(done), steps=done["steps"] if "steps" in done.columns else pd.NA)
+        for (ways, shots, split, steps, kind), group in done.groupby(["ways", "shots", "split", "steps", "kind"],
+                                                                     dropna=False, sort=False):
+            values = group[{"accuracy": "accuracy", "mse": "loss", "return": "return"}[kind]].astype(float)
+            rows.append({"setting": setting, "ways": ways, "shots": shots, "split": split, "steps": steps, **counts,
                          "seeds": len(values), kind: values.mean(),
                          f"{kind}_ci95": group["ci95"].astype(float).mean(),
                          "seed_std": values.std(ddof=1) if len(values) > 1 else math.nan})
     table = pd.DataFrame(rows)
-    order = ["setting", "ways", "shots", "split", "jobs", "failed", "stopped", "unfinished", "seeds",
-             "accuracy", "accuracy_ci95", "mse", "mse_ci95", "seed_std"]
-    return table.reindex(columns=[c for c in order if c in table.columns])
+    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", "seeds",
+             "accuracy", "accuracy_ci95", "mse", "mse_ci95", "return", "return_ci95", "seed_std"]
+    return table.reindex(columns=[c for c in order if c in table.columns and
+                                  (c != "steps" or table["steps"].notna().any())])
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The aggregate as text: accuracy and its interval in %, MSE in its own columns."""
     shown = table.copy()
-    for column in ("ways", "shots", "seeds"):
+    for column in ("ways", "shots", "seeds", "steps"):
         if column in shown.columns:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
     if "seed_std" in shown.columns:  # in the unit of its row's metric
@@ -95,11 +100,13 @@ def format_table(table: pd.DataFrame) -> str:
                              for v, p in zip(table["seed_std"], percent if percent is not False
                                              else [False] * len(table))]
     for column, scale, digits in (("accuracy", 100.0, 2), ("accuracy_ci95", 100.0, 2),
-                                  ("mse", 1.0, 4), ("mse_ci95", 1.0, 4)):
+                                  ("mse", 1.0, 4), ("mse_ci95", 1.0, 4), ("return", 1.0, 2),
+                                  ("return_ci95", 1.0, 2)):
         if column in shown.columns:
             shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{scale * v:.{digits}f}")
     shown = shown.rename(columns={"accuracy": "accuracy %", "accuracy_ci95": "± ci95",
-                                  "mse": "test MSE", "mse_ci95": "± MSE ci95", "seed_std": "seed std"})
+                                  "mse": "test MSE", "mse_ci95": "± MSE ci95", "return": "return",
+                                  "return_ci95": "± return ci95", "seed_std": "seed std"})
     return text_table(shown)
 
 
@@ -122,12 +129,16 @@ def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
     curves = [(row, m) for row, m in curves if not m.empty]
     if not curves:
         return None
-    with_accuracy = any(m["accuracy"].notna().any() for _, m in curves)
-    panels = [("loss", "train"), ("loss", "val")] + ([("accuracy", "train"), ("accuracy", "val")] if with_accuracy else [])
+    # loss, then accuracy (classification) and the returns before/after adaptation (meta-RL)
+    metrics = [m for m in ("loss", "accuracy", "return_pre", "return_post")
+               if any(m in c.columns and c[m].notna().any() for _, c in curves)]
+    panels = [(metric, split) for metric in metrics for split in ("train", "val")]
     figure, axes = plt.subplots(len(panels) // 2, 2, figsize=(12, 4 * len(panels) // 2), squeeze=False,
                                 layout="constrained")
     for ax, (metric, split) in zip(axes.flat, panels):
         for row, metrics in curves:
+            if metric not in metrics.columns:
+                continue
             part = metrics[metrics["split"] == split]
             label = f"{row.job}: {_setting(row.overrides, common, keep_seed=True)}"[:70]
             ax.plot(part["iteration"], part[metric], marker="." if split == "val" else None, label=label)
@@ -145,7 +156,7 @@ def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
 def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
     """The meta-test result of each setting with ci95 error bars: one panel per metric
     (accuracy in %, test MSE), so a sweep over classification and regression shows both."""
-    metrics = [m for m in ("accuracy", "mse") if m in table.columns and table[m].notna().any()]
+    metrics = [m for m in ("accuracy", "mse", "return") if m in table.columns and table[m].notna().any()]
     if not metrics:
         return None
     import matplotlib
@@ -154,8 +165,12 @@ def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
 
     panels = [table.dropna(subset=[m]) for m in metrics]
     figure, axes = plt.subplots(1, len(metrics), squeeze=False, layout="constrained",
-                                figsize=(sum(max(6, 1.6 * len(p)) for p in panels), 5))
+                                figsize=(sum(6 if m == "return" else max(6, 1.6 * len(p))
+                                             for m, p in zip(metrics, panels)), 5))
     for ax, metric, done in zip(axes.flat, metrics, panels):
+        if metric == "return":
+            _adaptation_curves(ax, done)
+            continue
         labels = [f"{r.setting}\n{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
                   f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in done.itertuples()]
         scale = 100.0 if metric == "accuracy" else 1.0
@@ -176,6 +191,22 @@ def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
     _save_png(figure, out / RESULTS)
     plt.close(figure)
     return out / RESULTS
+
+
+def _adaptation_curves(ax, done: pd.DataFrame) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """Meta-RL: the mean test return against adaptation steps, a ci95 band, a line per setting
+    (the MAML paper's Figure 5)."""
+    for setting, rows in done.groupby("setting", sort=False):
+        rows = rows.sort_values("steps")
+        steps, value, ci = (rows[c].astype(float).to_numpy() for c in ("steps", "return", "return_ci95"))
+        ax.plot(steps, value, marker="o", label=setting[:60])
+        ax.fill_between(steps, value - ci, value + ci, alpha=0.2)
+    ax.set_xlabel("adaptation steps (policy-gradient updates)")
+    ax.set_ylabel("mean test return")
+    ax.set_xticks(sorted(done["steps"].astype(int).unique()))
+    ax.set_title("meta-RL: return after adaptation ± ci95")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def report(path: Path, out: Path | None = None) -> tuple[str, str | None]:

@@ -64,8 +64,13 @@ def _job_name(run: Path, root: Path) -> str:
     return str(run.relative_to(root)) if run != root else run.name
 
 
+#: Meta-RL's result columns beyond accuracy.csv's (returns.csv: a row per adaptation steps).
+RETURN_COLUMNS = ["steps", "return"]
+
+
 def summary(path: Path) -> pd.DataFrame:
-    """One row per accuracy.csv row of each ok job; one row per job that has none."""
+    """One row per result row of each ok job (accuracy.csv, or a meta-RL run's returns.csv);
+    one row per job that has none."""
     path = path.absolute()
     rows: list[dict[str, Any]] = []
     for run in job_dirs(path):
@@ -76,19 +81,19 @@ def summary(path: Path) -> pd.DataFrame:
         # Each override as its own column, for pivoting; accuracy.csv's own columns win.
         for o in overrides:
             key, _, value = o.lstrip("+~").partition("=")
-            if key not in ACCURACY_COLUMNS:
+            if key not in ACCURACY_COLUMNS + RETURN_COLUMNS:
                 base[key] = value
-        accuracy = run / "accuracy.csv"
-        if record["status"] == "ok" and accuracy.is_file():
-            for acc in pd.read_csv(accuracy).to_dict("records"):
-                rows.append({**base, **acc})
+        results = next((run / name for name in ("accuracy.csv", "returns.csv") if (run / name).is_file()), None)
+        if record["status"] == "ok" and results is not None:
+            for result in pd.read_csv(results).to_dict("records"):
+                rows.append({**base, **result})
         else:
             rows.append(base)
-    columns = JOB_COLUMNS + ACCURACY_COLUMNS
     frame = pd.DataFrame(rows)
-    extra = [c for c in frame.columns if c not in columns]
+    results = ACCURACY_COLUMNS + (RETURN_COLUMNS if "return" in frame.columns else [])
+    extra = [c for c in frame.columns if c not in JOB_COLUMNS + results]
     # Nullable dtypes: a failed job's empty cells must not turn shots or episodes into floats.
-    return frame.reindex(columns=JOB_COLUMNS + extra + ACCURACY_COLUMNS).convert_dtypes()
+    return frame.reindex(columns=JOB_COLUMNS + extra + results).convert_dtypes()
 
 
 def write_summary(path: Path, out: Path | None = None, frame: pd.DataFrame | None = None) -> Path:

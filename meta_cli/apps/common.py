@@ -1,4 +1,5 @@
-"""Meta-testing shared by `train` (on its best checkpoint) and `eval`."""
+"""Meta-testing shared by `train` (on its best checkpoint) and `eval`: accuracy.csv and
+episodes.csv, or for meta-RL returns.csv and task_returns.csv."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,13 @@ from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import TaskSource
 from meta_cli.distributed import World
 from meta_cli.evaluation import EvalSettings, evaluate
-from meta_cli.outputs import format_table, write_accuracy, write_episodes
+from meta_cli.outputs import (
+    format_table,
+    text_table,
+    write_accuracy,
+    write_csv,
+    write_episodes,
+)
 
 
 def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings,
@@ -43,3 +50,28 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
         for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
     write_accuracy(run_dir / "accuracy.csv", rows)
     print(format_table(rows), flush=True)
+
+
+def meta_test(algorithm: Any, source: Any, evaluation: EvalSettings, choices: dict[str, str], seed: int,
+              checkpoint_path: Path, world: World, out: Path) -> float:
+    """Meta-test the loaded `algorithm`, write its files into `out` (rank 0) and print the
+    table; returns the headline number (accuracy, test MSE, or the return after the
+    algorithm's adaptation steps)."""
+    if source.task == "rl":
+        from meta_cli.rl import evaluation as rl
+
+        results = rl.adaptation_returns(algorithm, source, evaluation.split, evaluation.tasks, evaluation.seed)
+        identity = {**choices, "split": evaluation.split, "seed": seed, "checkpoint": str(checkpoint_path),
+                    "shots": source.trajectories}
+        rows = rl.returns_rows(results, identity)
+        if world.main:
+            write_csv(out / "returns.csv", list(rl.RETURNS_COLUMNS), rows)
+            write_csv(out / "task_returns.csv", list(rl.TASK_COLUMNS),
+                      rl.task_rows(results, source, evaluation.split, evaluation.seed))
+            print(text_table([{**r, "return": f"{r['return']:.2f} +- {r['ci95']:.2f}"} for r in rows],
+                             ["algorithm", "dataset", "split", "episodes", "steps", "return"]), flush=True)
+        return next(r.mean for r in results if r.steps == algorithm.adaptation_steps)
+    rows = test_rows(algorithm, source, evaluation, choices, seed, checkpoint_path, world)
+    if world.main:
+        write_results(out, rows)
+    return rows[0]["accuracy"] if source.task == "classification" else rows[0]["loss"]

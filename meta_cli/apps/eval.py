@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from meta_cli import build as builder
 from meta_cli import checkpoint, distributed
-from meta_cli.apps.common import test_rows, write_results
+from meta_cli.apps.common import meta_test
 from meta_cli.build import Run, build, instantiate
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
@@ -35,9 +36,10 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     run = build(trained, splits=payload.get("splits") or None)
     load_weights(run.algorithm, payload["algorithm"], path)
     evaluation: EvalSettings = instantiate(config["eval"])
-    evaluation.settings(run.source)
-    eval_ways = evaluation.ways if isinstance(evaluation.ways, list) else [evaluation.ways]
-    builder.check_ways(trained["algorithm"], run.algorithm.outputs, {"eval.ways": [w for w in eval_ways if w]})
+    if run.source.task != "rl":  # meta-RL tests eval.tasks tasks, of no ways or shots
+        evaluation.settings(run.source)
+        eval_ways = evaluation.ways if isinstance(evaluation.ways, list) else [evaluation.ways]
+        builder.check_ways(trained["algorithm"], run.algorithm.outputs, {"eval.ways": [w for w in eval_ways if w]})
     return run, evaluation, payload, path
 
 
@@ -47,10 +49,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     run, evaluation, payload, path = prepare(config)
     source = run.source.to(run.device)
     algorithm = run.algorithm.to(run.device)
-    rows = test_rows(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world)
-    if world.main:
-        write_results(run_dir(), rows)
-    return rows[0]["accuracy"] if source.task == "classification" else rows[0]["loss"]
+    if source.task == "rl":
+        torch.set_num_threads(1)  # as in training: the returns repeat at one thread count
+    return meta_test(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world, run_dir())
 
 
 def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from meta_cli import __version__, build, checkpoint, distributed, init, presets, resume
-from meta_cli.apps.common import test_rows, write_results
+from meta_cli.apps.common import meta_test
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
-from meta_cli.outputs import METRICS_COLUMNS, RunOutputs
+from meta_cli.outputs import METRICS_COLUMNS, RL_METRICS_COLUMNS, RunOutputs
 from meta_cli.seeding import seed_everything
 from meta_cli.validation import check_seed, plain
 
@@ -34,8 +35,15 @@ def train(cfg: DictConfig) -> float | None:
         hydra = HydraConfig.get()
         raise presets.blame(exc, hydra.runtime.choices.get("preset"), list(hydra.overrides.task)) from None
     distributed.check_same_config(world, config)
-    distributed.check_share(world, settings.meta_batch_size if run.algorithm.learns_from == "episodes"
-                            else settings.batch_size or 0)
+    if run.source.task == "rl":
+        if world.size > 1:
+            raise UserError("meta-RL runs in one process (its outer step is TRPO's line search over the "
+                            "whole meta-batch); set distributed.processes=1.")
+        # Its small matrix products gain nothing from threads, and a run repeats bit for bit
+        # only at the thread count it started with.
+        torch.set_num_threads(1)
+    distributed.check_share(world, settings.batch_size if settings.batch_size is not None
+                            else settings.meta_batch_size)
     out = run_dir()
     resumed = resume.find(config["resume"], out)
     source, algorithm = run.source.to(run.device), run.algorithm.to(run.device)
@@ -45,7 +53,8 @@ def train(cfg: DictConfig) -> float | None:
     saved: dict[str, Any] = {"config": config, "choices": choices, "meta_cli_version": __version__, **described}
     if source.task == "classification":
         saved["classes"] = source.num_classes("train")  # what a classifier over them was built for
-    outputs = RunOutputs(out, METRICS_COLUMNS, saved, settings.keep_checkpoints,
+    columns = RL_METRICS_COLUMNS if source.task == "rl" else METRICS_COLUMNS
+    outputs = RunOutputs(out, columns, saved, settings.keep_checkpoints,
                          lambda **kw: build.instantiate(config["logger"], run_dir=out, **kw), writes=world.main)
     trainer = build.trainer(run, settings, world, outputs)
     if resumed is not None:
@@ -73,9 +82,7 @@ def train(cfg: DictConfig) -> float | None:
     best_path = (out / "checkpoints" / "best.pt").resolve()
     payload = checkpoint.load(best_path, require_manifest=True)
     resume.load_weights(algorithm, payload["algorithm"], best_path)
-    rows = test_rows(algorithm, source, evaluation, choices, config["seed"], best_path, world)
-    if world.main:
-        write_results(out, rows)
+    meta_test(algorithm, source, evaluation, choices, config["seed"], best_path, world, out)
     return best["value"]
 
 

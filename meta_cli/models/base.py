@@ -42,3 +42,12 @@ def image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]
         raise UserError(f"backbone {name} needs images (C, H, W); this dataset gives inputs of shape "
                         f"{tuple(input_shape)}. Use backbone=mlp.")
     return tuple(input_shape)  # type: ignore[return-value]
+
+
+class NoBackbone(Backbone):
+    """backbone=none: for meta-RL, whose algorithms build their own policy network."""
+
+    @classmethod
+    def check(cls, input_shape: tuple[int, ...], **config: Any) -> None:
+        raise UserError("backbone=none is for the meta-RL datasets, whose algorithms build their own "
+                        "policy network; choose a backbone for this dataset (e.g. backbone=conv4).")
