@@ -155,7 +155,7 @@ def test_episodes_shapes_labels_range_and_determinism(name, tmp_path):
     train, val, test = (set(data.splits[s]) for s in SPLITS)
     assert len(train) == len(val) == len(test) == CLASSES
     assert not (train & val or train & test or val & test)
-    mean, std = data.describe()["preprocessing"]["mean"], data.describe()["preprocessing"]["std"]
+    mean, std = data.describe()["transform"]["mean"], data.describe()["transform"]["std"]
     assert len(mean) == len(std) == 3
     for s, split in enumerate(SPLITS):
         ep = data.episode(split, 3, seed=5, ways=5, shots=2, query=2)
@@ -205,7 +205,7 @@ def test_without_normalisation_pixels_are_0_to_1(tmp_path):
     ep = data.episode("test", 0, seed=0, ways=3, shots=1, query=1)
     assert 0 <= ep.support.min() and ep.query.max() <= 1
     check_episode(ep, 2, 3, 1, 1)
-    assert data.describe()["preprocessing"]["mean"] is None
+    assert data.describe()["transform"]["mean"] is None
 
 
 def test_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
@@ -340,7 +340,7 @@ def test_image_folder_flat_layout_split_by_seeded_fractions(tmp_path):
     assert 0 <= ep.support.min() and ep.support.max() <= 1
     ep_again = again.episode("train", 2, seed=3, ways=5, shots=1, query=2)
     assert torch.equal(ep.support, ep_again.support)
-    described = data.describe()["preprocessing"]
+    described = data.describe()["data"]
     assert described["split"] == "fractions" and described["split_seed"] == 0
     assert data.describe()["splits"] == data.splits
 
@@ -363,7 +363,7 @@ def test_image_folder_explicit_split_folders(tmp_path):
     for s, split in enumerate(SPLITS):
         assert data.splits[split] == [f"{split}/class{c}" for c in range(5)]
         check_episode(data.episode(split, 0, 0, 5, 1, 2), s, 5, 1, 2)
-    assert data.describe()["preprocessing"]["split"] == "folders"
+    assert data.describe()["data"]["split"] == "folders"
     (tmp_path / "val").rename(tmp_path / "validation")
     with pytest.raises(UserError, match="has train/, test/ but not all of train/, val/, test/"):
         ImageFolder(str(tmp_path))
