@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from meta_cli.data.mini_imagenet import MEAN, STD
+from meta_cli.data.omniglot_files import TRANSFORM as OMNIGLOT
 from meta_cli.data.transform import ImageTransform, from_preprocessing
 from meta_cli.errors import UserError
 from meta_cli.predict import checkpoint_transform
 
-OMNIGLOT = ImageTransform(28, 1, invert=True)  # grayscale, LANCZOS from 105x105, strokes 255
 TRANSFORMS = [OMNIGLOT, ImageTransform(84, 3, mean=MEAN, std=STD), ImageTransform(12, 1),
               ImageTransform(16, 1, mean=[0.5], std=[0.25])]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
