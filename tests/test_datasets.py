@@ -24,9 +24,11 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
+from meta_cli.apps.predict import support_set
 from meta_cli.data import image_folder, tiered_imagenet
 from meta_cli.data.cifarfs import CIFARFS
 from meta_cli.data.fc100 import FC100
+from meta_cli.data.image_files import IMAGE_EXTENSIONS
 from meta_cli.data.image_folder import ImageFolder
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.data.tiered_imagenet import TieredImagenet
@@ -367,6 +369,30 @@ def test_image_folder_explicit_split_folders(tmp_path):
     (tmp_path / "val").rename(tmp_path / "validation")
     with pytest.raises(UserError, match="has train/, test/ but not all of train/, val/, test/"):
         ImageFolder(str(tmp_path))
+
+
+def test_image_folder_reads_the_image_types_predict_reads(tmp_path):
+    """One list of image extensions: the files image_folder trains on are those `meta-cli
+    predict` takes from a support folder of the same layout."""
+    formats = {".png": "PNG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".pgm": "PPM",
+               ".gif": "GIF", ".WEBP": "WEBP"}
+    root = tmp_path / "images"
+    for c in range(6):
+        for i, (suffix, kind) in enumerate(formats.items()):
+            folder = root / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (16, 16), 10 * c + i).save(folder / f"{i}{suffix}", kind)
+        (folder / "notes.txt").write_text("not an image")
+    data = ImageFolder(str(root), image_size=16, channels=1, fractions=[0.5, 0.25, 0.25])
+    assert data.images_per_class("train") == len(formats)
+    paths, labels = support_set(str(root))
+    assert paths == [p for c in range(6) for p in image_folder.find_classes(root)[f"class{c}"]]
+    assert labels == [f"class{c}" for c in range(6) for _ in formats]
+    ep = data.episode("train", 0, seed=0, ways=2, shots=2, query=5)
+    check_episode(ep, None, 2, 2, 5)  # JPEG is lossy but keeps a flat grey level exact
+    # `meta-cli predict --help` lists the same types
+    help_text = " ".join((REPO / "conf" / "predict.yaml").read_text().split())
+    assert f"({' '.join(IMAGE_EXTENSIONS)}," in help_text
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -19,7 +19,10 @@ from meta_cli.data.download import one_line
 from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError, warn
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+#: The image files meta-cli reads, by extension (lower case): image_folder's class folders and
+#: `meta-cli predict`'s support and query folders alike.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".pnm", ".ppm", ".tif",
+                    ".tiff", ".webp")
 
 
 def check_not_html(path: Path, expected: str) -> None:

@@ -3,8 +3,9 @@
 Layouts under dataset.root:
 - root/<class>/<images>, or root/<group>/<class>/<images> (groups like Omniglot's alphabets):
   a group level is detected when the top folders hold folders; classes are then named
-  '<group>/<class>'. Images are files with a common image extension; hidden files and other
-  files are skipped, empty class folders too.
+  '<group>/<class>'. Images are files with an extension of `image_files.IMAGE_EXTENSIONS` (the
+  ones `meta-cli predict` reads too); hidden files and other files are skipped, empty class
+  folders too.
 - Explicit splits: root/train/, root/val/, root/test/, each in one of those layouts, used when
   root holds any of the three (then it must hold all three); classes are named 'train/<class>'.
 - Otherwise the sorted classes are shuffled with random.Random(split_seed), an RNG of its own
