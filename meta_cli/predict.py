@@ -4,10 +4,9 @@
     result = learner.predict(["a1.png", "b1.png"], ["alpha", "beta"], ["x.png", "y.png"])
     result.labels, result.scores        # ['beta', 'alpha'], tensor([0.97, 0.88])
 
-Images go through the checkpoint's own preprocessing, the code that made the training data:
-`omniglot_files.preprocess` for Omniglot; `image_files.to_pixels` and
-`image_tensor.to_model_input` (resize, 0..1, mean/std) for the other image datasets. The model
-adapts to the support set exactly as in meta-testing (`Algorithm.query_logits`: MAML's
+Images go through the checkpoint's own `ImageTransform`, the one that made the training data
+(`pixels`: channels, LANCZOS resize, Omniglot's inversion; `to_input`: 0..1, mean/std). The
+model adapts to the support set exactly as in meta-testing (`Algorithm.query_logits`: MAML's
 test-time inner loop, ProtoNet's prototypes).
 
 Batch norm uses the statistics of each batch, as in training and meta-testing, so the
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Sequence, Union
 
-import numpy as np
 import torch
 from hydra.utils import get_object
 from PIL import Image
@@ -31,9 +29,8 @@ from meta_cli import checkpoint as checkpoints
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.build import build_model
 from meta_cli.data.base import Episode
-from meta_cli.data.image_files import decode_image, to_pixels
-from meta_cli.data.image_tensor import to_model_input
-from meta_cli.data.omniglot_files import decode, preprocess
+from meta_cli.data.image_files import decode_image
+from meta_cli.data.transform import ImageTransform, from_preprocessing
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
 from meta_cli.resume import load_weights
@@ -43,9 +40,6 @@ from meta_cli.validation import check_node
 ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor]
 #: Several images: a sequence of ImageLike, or one (N, C, H, W) tensor.
 Images = Union[Sequence[ImageLike], torch.Tensor, ImageLike]
-
-#: What Omniglot's `preprocess` implements, as its checkpoints record it.
-OMNIGLOT = {"channels": 1, "resize": "lanczos", "invert": True}
 
 
 @dataclass
@@ -64,17 +58,13 @@ class Learner:
     Nothing is kept between calls: every `predict` starts from the meta-trained weights.
     """
 
-    def __init__(self, algorithm: Algorithm, preprocessing: dict[str, Any], device: torch.device,
+    def __init__(self, algorithm: Algorithm, transform: ImageTransform, device: torch.device,
                  path: Path) -> None:
         self.algorithm = algorithm.to(device).eval()
-        self.preprocessing = preprocessing
+        self.transform = transform
         self.device = device
         self.path = path
-        self.input_shape: tuple[int, ...] = input_shape(preprocessing)
-        self.omniglot = preprocessing.get("invert") is True
-        #: What a tensor given as a model input must already be.
-        self.model_input = ("float, 0..1, strokes = 1" if self.omniglot else f"float, 0..1, then "
-                            f"normalised with mean {preprocessing['mean']} and std {preprocessing['std']}")
+        self.input_shape: tuple[int, ...] = transform.shape
 
     @property
     def ways(self) -> int | None:
@@ -113,16 +103,15 @@ class Learner:
         return list(images)
 
     def _one(self, item: ImageLike, where: str) -> torch.Tensor:
-        channels, size, _ = self.input_shape
         if isinstance(item, (str, os.PathLike)):
             try:
                 data = Path(item).expanduser().read_bytes()
             except OSError as exc:
                 raise UserError(f"cannot read image {item}: {exc.strerror or exc}.")
-            pixels = decode(data, str(item), size) if self.omniglot else decode_image(data, str(item), size, channels)
+            pixels = decode_image(data, str(item), self.transform)
         elif isinstance(item, Image.Image):
             try:
-                pixels = preprocess(item, size) if self.omniglot else to_pixels(item, size, channels)
+                pixels = self.transform.pixels(item)
             except Exception as exc:  # PIL raises many types for a bad image
                 raise UserError(f"cannot preprocess {where} (a PIL image): {exc}")
         elif isinstance(item, torch.Tensor):
@@ -130,25 +119,20 @@ class Learner:
         else:
             raise UserError(f"{where} is a {type(item).__name__}; give a file path, a PIL image "
                             f"or a tensor.")
-        return self._model_input(pixels)
-
-    def _model_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """Decoded uint8 pixels -> one (C, H, W) model input, as the samplers make them."""
-        if self.omniglot:  # (size, size), strokes 255 -> float with strokes 1
-            return torch.from_numpy(pixels).float().div_(255).unsqueeze(0)
-        chw = torch.tensor(pixels).permute(2, 0, 1).unsqueeze(0)  # (size, size, C) -> (1, C, size, size)
-        return to_model_input(chw, self.preprocessing["mean"], self.preprocessing["std"])[0]
+        return self.transform.to_input(pixels[None])[0]
 
     def _tensor(self, item: torch.Tensor, where: str) -> torch.Tensor:
         if tuple(item.shape) != self.input_shape:
             raise UserError(f"{where} is a tensor of shape {tuple(item.shape)}; this model takes "
                             f"{self.input_shape} (or a batch (N, {', '.join(map(str, self.input_shape))})).")
+        model_input = self.transform.describe_input()
         if not item.is_floating_point():
             raise UserError(f"{where} is a {item.dtype} tensor; tensors are taken as preprocessed "
-                            f"model inputs ({self.model_input}): pass raw pixels as a PIL image.")
-        if self.omniglot and item.numel() and (item.min() < 0 or item.max() > 1):
+                            f"model inputs ({model_input}): pass raw pixels as a PIL image.")
+        unnormalised = self.transform.mean is None  # model inputs are 0..1 exactly then
+        if unnormalised and item.numel() and (item.min() < 0 or item.max() > 1):
             raise UserError(f"{where} has values outside 0..1; tensors are taken as preprocessed "
-                            f"model inputs ({self.model_input}): pass raw pixels as a PIL image.")
+                            f"model inputs ({model_input}): pass raw pixels as a PIL image.")
         return item.detach().float().cpu()
 
     def predict(self, support: Images, support_labels: Sequence[Hashable] | torch.Tensor,
@@ -183,17 +167,10 @@ class Learner:
                            probabilities=probabilities, classes=classes)
 
 
-def input_shape(preprocessing: dict[str, Any]) -> tuple[int, int, int]:
-    return (preprocessing["channels"], preprocessing["image_size"], preprocessing["image_size"])
-
-
-def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple[Algorithm, dict[str, Any]]:
+def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple[Algorithm, ImageTransform]:
     """The checkpoint's model without its dataset (predicting needs no training data), and
-    the preprocessing its images need.
-
-    `build_model` (what `build` calls) gets a stand-in for the dataset with the three things a
-    model reads from it: task, input shape (as the preprocessing records it) and ways.
-    """
+    the transform its images need: `build_model` (what `build` calls) with the task of the
+    dataset class, the input shape of the transform and the ways of the config."""
     for group in ("algorithm", "dataset", "backbone"):
         check_node(config[group], group)
     dataset = get_object(config["dataset"]["_target_"])
@@ -201,22 +178,22 @@ def _model(config: dict[str, Any], payload: dict[str, Any], path: Path) -> tuple
         raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); "
                         f"predict labels images and needs a classification checkpoint "
                         f"(e.g. one trained with dataset=omniglot).")
-    preprocessing = _preprocessing(payload, path)
+    transform = checkpoint_transform(payload, path)
     ways = config["dataset"].get("ways", inspect.signature(dataset).parameters["ways"].default)
-    return build_model(config, dataset.task, input_shape(preprocessing), ways, payload.get("classes")), preprocessing
+    return build_model(config, dataset.task, transform.shape, ways, payload.get("classes")), transform
 
 
-def _preprocessing(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Omniglot's pipeline, or the image datasets' (image_tensor: 0..1 then mean/std)."""
-    steps = payload.get("preprocessing") or {}
-    shaped = isinstance(steps.get("image_size"), int) and steps.get("channels") in (1, 3)
-    omniglot = all(steps.get(k) == v for k, v in OMNIGLOT.items())
-    images = steps.get("scale") == "0..1" and "mean" in steps and "std" in steps and not steps.get("invert")
-    if not shaped or not (omniglot or images):
-        raise UserError(f"checkpoint {path} preprocesses images as {steps or 'nothing recorded'}; "
-                        f"predict applies Omniglot's (1 channel, LANCZOS, inverted) or the image "
-                        f"datasets' (LANCZOS to size, 0..1, mean/std) only.")
-    return steps
+def checkpoint_transform(payload: dict[str, Any], path: Path) -> ImageTransform:
+    """The image transform a checkpoint stores, or the one its "preprocessing" dict describes
+    (checkpoints written before transforms were stored)."""
+    recorded = payload.get("transform", payload.get("preprocessing"))
+    try:
+        if "transform" in payload:
+            return ImageTransform.from_dict(payload["transform"])
+        return from_preprocessing(payload.get("preprocessing") or {})
+    except ValueError as exc:
+        raise UserError(f"checkpoint {path} records an image transform predict cannot apply "
+                        f"({exc}): {recorded or 'nothing recorded'}.") from None
 
 
 def restore(path: str | os.PathLike, device: torch.device) -> Learner:
@@ -224,9 +201,9 @@ def restore(path: str | os.PathLike, device: torch.device) -> Learner:
     path = Path(path).expanduser().resolve()
     payload = checkpoints.load(path)
     config = copy.deepcopy(payload["config"])
-    algorithm, preprocessing = _model(config, payload, path)
+    algorithm, transform = _model(config, payload, path)
     load_weights(algorithm, payload["algorithm"], path)
-    return Learner(algorithm, preprocessing, device, path)
+    return Learner(algorithm, transform, device, path)
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Learner:

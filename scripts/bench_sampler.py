@@ -29,7 +29,7 @@ def main() -> None:
     root = os.environ.get("META_CLI_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     data = Omniglot(root, rotations=False)
     sampler = data._sampler("train")  # decoded once, cached
-    images = sampler.images
+    images = sampler.convert(sampler.images)  # learn2learn gets float model inputs, as ours gives
     labels = torch.empty(len(images), dtype=torch.long)
     for c, idx in enumerate(sampler.class_images):
         labels[idx] = c

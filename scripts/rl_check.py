@@ -24,7 +24,11 @@ from meta_cli.rl.evaluation import adaptation_returns
 from meta_cli.rl.maml_trpo import MAMLTRPO
 from meta_cli.rl.pretrain_rl import PretrainRL
 from meta_cli.rl.random_init import RandomInitRL
-from meta_cli.rl.tasks import HalfCheetahDirTasks, HalfCheetahVelTasks, Navigation2DTasks
+from meta_cli.rl.tasks import (
+    HalfCheetahDirTasks,
+    HalfCheetahVelTasks,
+    Navigation2DTasks,
+)
 
 ALGORITHMS = {"maml_trpo": MAMLTRPO, "pretrain_rl": PretrainRL, "random_init_rl": RandomInitRL}
 DATASETS = {"navigation2d": Navigation2DTasks, "halfcheetah_dir": HalfCheetahDirTasks,

@@ -24,9 +24,11 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
+from meta_cli.apps.predict import support_set
 from meta_cli.data import image_folder, tiered_imagenet
 from meta_cli.data.cifarfs import CIFARFS
 from meta_cli.data.fc100 import FC100
+from meta_cli.data.image_files import IMAGE_EXTENSIONS
 from meta_cli.data.image_folder import ImageFolder
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.data.tiered_imagenet import TieredImagenet
@@ -155,7 +157,7 @@ def test_episodes_shapes_labels_range_and_determinism(name, tmp_path):
     train, val, test = (set(data.splits[s]) for s in SPLITS)
     assert len(train) == len(val) == len(test) == CLASSES
     assert not (train & val or train & test or val & test)
-    mean, std = data.describe()["preprocessing"]["mean"], data.describe()["preprocessing"]["std"]
+    mean, std = data.describe()["transform"]["mean"], data.describe()["transform"]["std"]
     assert len(mean) == len(std) == 3
     for s, split in enumerate(SPLITS):
         ep = data.episode(split, 3, seed=5, ways=5, shots=2, query=2)
@@ -205,7 +207,7 @@ def test_without_normalisation_pixels_are_0_to_1(tmp_path):
     ep = data.episode("test", 0, seed=0, ways=3, shots=1, query=1)
     assert 0 <= ep.support.min() and ep.query.max() <= 1
     check_episode(ep, 2, 3, 1, 1)
-    assert data.describe()["preprocessing"]["mean"] is None
+    assert data.describe()["transform"]["mean"] is None
 
 
 def test_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
@@ -340,7 +342,7 @@ def test_image_folder_flat_layout_split_by_seeded_fractions(tmp_path):
     assert 0 <= ep.support.min() and ep.support.max() <= 1
     ep_again = again.episode("train", 2, seed=3, ways=5, shots=1, query=2)
     assert torch.equal(ep.support, ep_again.support)
-    described = data.describe()["preprocessing"]
+    described = data.describe()["data"]
     assert described["split"] == "fractions" and described["split_seed"] == 0
     assert data.describe()["splits"] == data.splits
 
@@ -363,10 +365,34 @@ def test_image_folder_explicit_split_folders(tmp_path):
     for s, split in enumerate(SPLITS):
         assert data.splits[split] == [f"{split}/class{c}" for c in range(5)]
         check_episode(data.episode(split, 0, 0, 5, 1, 2), s, 5, 1, 2)
-    assert data.describe()["preprocessing"]["split"] == "folders"
+    assert data.describe()["data"]["split"] == "folders"
     (tmp_path / "val").rename(tmp_path / "validation")
     with pytest.raises(UserError, match="has train/, test/ but not all of train/, val/, test/"):
         ImageFolder(str(tmp_path))
+
+
+def test_image_folder_reads_the_image_types_predict_reads(tmp_path):
+    """One list of image extensions: the files image_folder trains on are those `meta-cli
+    predict` takes from a support folder of the same layout."""
+    formats = {".png": "PNG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".pgm": "PPM",
+               ".gif": "GIF", ".WEBP": "WEBP"}
+    root = tmp_path / "images"
+    for c in range(6):
+        for i, (suffix, kind) in enumerate(formats.items()):
+            folder = root / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (16, 16), 10 * c + i).save(folder / f"{i}{suffix}", kind)
+        (folder / "notes.txt").write_text("not an image")
+    data = ImageFolder(str(root), image_size=16, channels=1, fractions=[0.5, 0.25, 0.25])
+    assert data.images_per_class("train") == len(formats)
+    paths, labels = support_set(str(root))
+    assert paths == [p for c in range(6) for p in image_folder.find_classes(root)[f"class{c}"]]
+    assert labels == [f"class{c}" for c in range(6) for _ in formats]
+    ep = data.episode("train", 0, seed=0, ways=2, shots=2, query=5)
+    check_episode(ep, None, 2, 2, 5)  # JPEG is lossy but keeps a flat grey level exact
+    # `meta-cli predict --help` lists the same types
+    help_text = " ".join((REPO / "conf" / "predict.yaml").read_text().split())
+    assert f"({' '.join(IMAGE_EXTENSIONS)}," in help_text
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

@@ -96,7 +96,7 @@ def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path, data_root):
     assert payload["config"]["algorithm"]["fast_lr"] == 0.4 and isinstance(payload["config"], dict)
     assert payload["choices"] == {"algorithm": "maml", "dataset": "omniglot", "backbone": "conv4",
                                   "preset": "maml_omniglot_conv4"}
-    assert len(payload["splits"]["test"]) == 47 and payload["preprocessing"]["image_size"] == 28
+    assert len(payload["splits"]["test"]) == 47 and payload["transform"]["size"] == 28
     assert {"algorithm", "optimizer", "iteration", "rng", "best"} <= set(payload)
     assert set(payload["rng"]) >= {"python", "numpy", "torch"}
     assert json.loads((run / "splits.json").read_text()) == payload["splits"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from meta_cli.data import omniglot_files
+from meta_cli.data import omniglot, omniglot_files
 from meta_cli.data.omniglot import Omniglot
 from meta_cli.data.sampler import Affine, random_affine
 from meta_cli.errors import UserError
@@ -84,9 +85,12 @@ def test_rotation_is_chosen_per_class(data_root):
         def permutation(self, n):
             return np.arange(n)
 
+        def integers(self, high):  # the episode's own seed
+            return 0
+
     ep = sampler.sample(_Fixed([0, 1, 6]), ways=3, shots=20, query=0)
-    base0 = sampler.images[sampler.class_images[0]]
-    base1 = sampler.images[sampler.class_images[1]]
+    base0 = sampler.convert(sampler.images[sampler.class_images[0]])  # cached uint8 -> inputs
+    base1 = sampler.convert(sampler.images[sampler.class_images[1]])
     assert torch.equal(ep.support[:20], base0)
     assert torch.equal(ep.support[20:40], torch.rot90(base0, 1, dims=(-2, -1)))
     assert torch.equal(ep.support[40:], torch.rot90(base1, 2, dims=(-2, -1)))
@@ -171,11 +175,33 @@ def test_download_is_md5_checked(tmp_path, monkeypatch):
 
 def test_decoded_images_are_cached(data_root, cache_dir):
     Omniglot(str(data_root))._sampler("test")
-    blobs = [torch.load(p, weights_only=True) for p in (cache_dir / "omniglot").glob("omniglot-28px-*.pt")]
-    minimal = [b for b in blobs if len(b["characters"]) == 136 + 156]
+    stems = [p.with_suffix("") for p in (cache_dir / "omniglot").glob("images-*.pt")]
+    minimal = [s for s in stems
+               if len(json.loads(s.with_suffix(".json").read_text())["classes"]) == 136 + 156]
     assert len(minimal) == 1
-    assert minimal[0]["images"].dtype == torch.uint8
-    assert minimal[0]["images"].shape == (2720 + 3120, 28, 28)
+    images = torch.load(minimal[0].with_suffix(".pt"), weights_only=True)["images"]
+    assert images.dtype == torch.uint8 and images.shape == (2720 + 3120, 1, 28, 28)
+    assert json.loads(minimal[0].with_suffix(".json").read_text())["counts"] == [20] * 292
+
+
+def test_opening_decodes_nothing_until_the_first_episode(data_root, tmp_path, monkeypatch):
+    """The pre-flight opens the dataset: with no cache yet, the zips' listing gives the
+    classes and counts, and the images are decoded (once) at the first episode."""
+    monkeypatch.setenv("META_CLI_CACHE", str(tmp_path / "fresh"))
+    calls = []
+
+    def counted(zips):
+        calls.append(zips)
+        return omniglot_files.decode(zips)
+
+    monkeypatch.setattr(omniglot, "decode", counted)
+    data = Omniglot(str(data_root))
+    data.check("train", 5, 1, 19)
+    assert data.num_classes("train") == 136 * 4 and data.images_per_class("val") == 20
+    assert calls == [] and not list((tmp_path / "fresh" / "omniglot").glob("*.pt"))
+    data.episode("val", 0, 0, 5, 1, 1)
+    data.episode("train", 0, 0, 5, 1, 1)
+    assert len(calls) == 1 and len(list((tmp_path / "fresh" / "omniglot").glob("*.pt"))) == 1
 
 
 def test_augmentation_is_seeded_and_only_in_meta_training(data_root):
@@ -224,5 +250,7 @@ def test_augmentation_ranges_are_config_keys(data_root):
     # a zero-range affine is the identity (up to bilinear resampling at the same grid)
     a, p = (d.episode("train", 3, 1, 5, 1, 1).support for d in (data, plain))
     assert torch.allclose(a, p, atol=1e-5)
-    assert data.describe()["preprocessing"]["train_affine"] == {
+    assert data.describe()["data"]["train_affine"] == {
         "degrees": 0, "scale": 0, "shift": 0, "shear": 0}
+    assert data.describe()["transform"] == {"size": 28, "channels": 1, "invert": True,
+                                            "resize": "lanczos", "mean": None, "std": None}

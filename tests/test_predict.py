@@ -19,7 +19,7 @@ from PIL import Image
 import meta_cli
 from meta_cli.apps.eval import prepare
 from meta_cli.data.base import Episode
-from meta_cli.data.image_tensor import to_model_input
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 
 TINY = {
@@ -267,7 +267,8 @@ def test_image_folder_checkpoint_predicts_like_eval(tmp_path, data_root, cache_d
     def write(x: torch.Tensor, path: Path) -> None:  # model input -> the 16x16 uint8 PNG it came from
         mean, std = torch.tensor(MEAN).view(-1, 1, 1), torch.tensor(STD).view(-1, 1, 1)
         pixels = ((x * std + mean) * 255).round().to(torch.uint8)
-        assert torch.equal(to_model_input(pixels[None], MEAN, STD)[0], x)  # exactly what eval saw
+        transform = ImageTransform(16, 3, mean=MEAN, std=STD)
+        assert torch.equal(transform.to_input(pixels[None])[0], x)  # exactly what eval saw
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB").save(path)
 

@@ -15,7 +15,7 @@ from test_datasets import CLASSES, PER_CLASS, levels, write_mini
 from meta_cli.data import omniglot_files
 from meta_cli.data.base import batch_examples, batch_rng, epoch_order
 from meta_cli.data.mini_imagenet import MEAN, STD, MiniImagenet
-from meta_cli.data.omniglot import Omniglot
+from meta_cli.data.omniglot import VARIANT_FILES, Omniglot
 from meta_cli.data.sinusoid import Sinusoid
 from meta_cli.errors import UserError
 
@@ -48,9 +48,11 @@ def _variant(images: torch.Tensor, variant: int) -> torch.Tensor:
 def _expected(source: Omniglot, split: str, variants: int) -> Counter:
     """Counter of (image, class) over every image of `split`'s characters and variants, from
     the zips' decoded images themselves."""
-    images, characters, groups = omniglot_files.load_images(source.zips)
-    by_name = dict(zip(characters, groups))
-    pixels = images.float().div(255).unsqueeze(1)
+    zips = omniglot_files.ensure_zips(source.folder, VARIANT_FILES[source.variant], download=False)
+    decoded = omniglot_files.decode(zips)  # the zips decoded here, apart from the dataset's cache
+    starts = np.cumsum([0, *decoded.counts])
+    by_name = {c: np.arange(a, b) for c, a, b in zip(decoded.classes, starts[:-1], starts[1:])}
+    pixels = decoded.images.float().div(255)
     pairs: Counter = Counter()
     for base, character in enumerate(source.splits[split]):
         members = pixels[torch.from_numpy(by_name[character])]

@@ -16,14 +16,13 @@ import torch
 from omegaconf import DictConfig
 
 from meta_cli.build import instantiate
+from meta_cli.data.image_files import IMAGE_EXTENSIONS, list_images
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
 from meta_cli.outputs import text_table, write_csv
 from meta_cli.predict import Learner, restore
 from meta_cli.validation import check_config, plain
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
-                  ".ppm", ".pnm", ".pbm"}
 COLUMNS = ["path", "predicted_class", "score"]
 
 
@@ -38,11 +37,6 @@ class Job:
 
 def _visible(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name; other files are ignored."""
-    return [p for p in _visible(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _path(value: Any, key: str) -> Path:
@@ -65,10 +59,10 @@ def support_set(value: Any) -> tuple[list[Path], list[str]]:
                         f"a subfolder named after the class (support/<class>/<image>.png).")
     paths, labels = [], []
     for c in classes:
-        images = _images(c)
+        images = list_images(c)  # the image files image_folder trains on
         if not images:
             raise UserError(f"support class folder {c} holds no images "
-                            f"({' '.join(sorted(IMAGE_SUFFIXES))}).")
+                            f"({' '.join(IMAGE_EXTENSIONS)}).")
         paths += images
         labels += [c.name] * len(images)
     return paths, labels
@@ -89,9 +83,9 @@ def query_set(value: Any) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"query={path}: no such directory or image file.")
-    paths = _images(path)
+    paths = list_images(path)
     if not paths:
-        raise UserError(f"query={path} holds no images ({' '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise UserError(f"query={path} holds no images ({' '.join(IMAGE_EXTENSIONS)}).")
     return paths
 
 

@@ -164,5 +164,7 @@ class TaskSource(abc.ABC):
         return self
 
     def describe(self) -> dict[str, Any]:
-        """Splits (class lists) and preprocessing, saved in the run dir and checkpoints."""
-        return {"splits": {}, "preprocessing": {}}
+        """What checkpoints store about the data: "splits" (class lists, also splits.json),
+        for image datasets "transform" (`ImageTransform.to_dict`, replayed by `meta-cli
+        predict`), and "data", how this dataset makes its episodes (plain values)."""
+        return {"splits": {}}

@@ -14,12 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import torch
+
 from meta_cli.data.download import ensure_files, fetch_zip
-from meta_cli.data.image_files import decode_image, list_images, stack_hwc
+from meta_cli.data.image_files import decode_image, list_images
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
+TITLE = "CIFAR-FS"
 IMAGE_SIZE = 32
 SPLIT_FILES = {p: f"cifar100/splits/bertinetto/{p}.txt" for p in ("train", "val", "test")}
 DATA = "cifar100/data"
@@ -40,18 +44,15 @@ def read_classes(split_file: Path, data: Path) -> dict[str, list[Path]]:
     return {n: list_images(data / n) for n in names}
 
 
-def decode(classes: dict[str, list[Path]]) -> Decoded:
+def decode(classes: dict[str, list[Path]], transform: ImageTransform) -> Decoded:
     """Class folders -> images (N, 3, 32, 32) uint8 in the order of `classes`."""
-    pixels = [decode_image(f, str(f), IMAGE_SIZE, 3) for files in classes.values() for f in files]
+    pixels = [decode_image(f, str(f), transform) for files in classes.values() for f in files]
     if not pixels:
         raise UserError(f"no images in the CIFAR-FS class folders {', '.join(classes)}.")
-    return Decoded(stack_hwc(pixels), list(classes), [len(f) for f in classes.values()])
+    return Decoded(torch.stack(pixels), list(classes), [len(f) for f in classes.values()])
 
 
 class CIFARFS(ImageTensorSource):
-    title = "CIFAR-FS"
-    input_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
-
     def __init__(
         self,
         root: str,
@@ -63,16 +64,17 @@ class CIFARFS(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = Path(root).expanduser() / "cifarfs"
+        transform = ImageTransform.from_config(IMAGE_SIZE, 3, mean, std)
+        folder = Path(root).expanduser() / "cifarfs"
         expected = (f"learn2learn's cifar100.zip unpacked ({DATA}/<class>/*.png and "
                     f"cifar100/splits/bertinetto/{{train,val,test}}.txt)")
-        ensure_files(self.folder, list(SPLIT_FILES.values()), download,
-                     lambda _: fetch_zip(URL, self.folder), self.title, expected)
+        ensure_files(folder, list(SPLIT_FILES.values()), download,
+                     lambda _: fetch_zip(URL, folder), TITLE, expected)
         parts = {}
         for part, name in SPLIT_FILES.items():
-            classes = read_classes(self.folder / name, self.folder / DATA)
-            sources = [self.folder / name, *(f for files in classes.values() for f in files)]
-            parts[part] = PartSpec(sources, lambda c=classes: decode(c),
-                                   f"the CIFAR-FS {part} images in {self.folder / DATA} are unreadable")
-        settings = {"image_size": IMAGE_SIZE, "channels": 3, "resize": "lanczos if not 32x32"}
-        self._setup("cifarfs", parts, settings, ways, shots, query, mean, std, splits)
+            classes = read_classes(folder / name, folder / DATA)
+            sources = [folder / name, *(f for files in classes.values() for f in files)]
+            parts[part] = PartSpec(sources, lambda c=classes: decode(c, transform),
+                                   f"the CIFAR-FS {part} images in {folder / DATA} are unreadable")
+        super().__init__(name="cifarfs", title=TITLE, folder=folder, parts=parts, transform=transform,
+                         ways=ways, shots=shots, query=query, splits=splits)

@@ -22,9 +22,11 @@ from meta_cli.data.cifarfs import MEAN, STD
 from meta_cli.data.download import data_folder, ensure_files, fetch_zip
 from meta_cli.data.image_files import read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
+TITLE = "FC100"
 IMAGE_SIZE = 32
 FILES = {p: f"FC100_{p}.pickle" for p in ("train", "val", "test")}
 URL = "https://zenodo.org/record/7978538/files/fc100.zip"  # learn2learn 0.2.0's first source
@@ -47,9 +49,6 @@ def decode(path: Path, part: str) -> Decoded:
 
 
 class FC100(ImageTensorSource):
-    title = "FC100"
-    input_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
-
     def __init__(
         self,
         root: str,
@@ -61,11 +60,12 @@ class FC100(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = data_folder(root, "fc100", list(FILES.values()))
-        ensure_files(self.folder, list(FILES.values()), download, lambda _: fetch_zip(URL, self.folder),
-                     self.title, "learn2learn's FC100_{train,val,test}.pickle (fc100.zip unpacked)")
-        parts = {p: PartSpec([self.folder / n], lambda p=p, n=n: decode(self.folder / n, p),
-                             f"{self.folder / n} is not {EXPECTED}")
+        transform = ImageTransform.from_config(IMAGE_SIZE, 3, mean, std)
+        folder = data_folder(root, "fc100", list(FILES.values()))
+        ensure_files(folder, list(FILES.values()), download, lambda _: fetch_zip(URL, folder),
+                     TITLE, "learn2learn's FC100_{train,val,test}.pickle (fc100.zip unpacked)")
+        parts = {p: PartSpec([folder / n], lambda p=p, n=n: decode(folder / n, p),
+                             f"{folder / n} is not {EXPECTED}")
                  for p, n in FILES.items()}
-        settings = {"image_size": IMAGE_SIZE, "channels": 3, "resize": "none"}
-        self._setup("fc100", parts, settings, ways, shots, query, mean, std, splits)
+        super().__init__(name="fc100", title=TITLE, folder=folder, parts=parts, transform=transform,
+                         ways=ways, shots=shots, query=query, splits=splits)

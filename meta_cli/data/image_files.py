@@ -1,4 +1,4 @@
-"""Reading and fetching the image datasets' files: learn2learn's pickles, PNGs, zips.
+"""Reading the image datasets' files: learn2learn's pickles, image files.
 
 Every failure a user can fix is a one-line UserError naming the file: a missing file, an HTML
 page saved in place of a pickle (a failed Google Drive download), a truncated pickle, an
@@ -12,14 +12,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from meta_cli.data.download import one_line
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError, warn
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+#: The image files meta-cli reads, by extension (lower case): image_folder's class folders and
+#: `meta-cli predict`'s support and query folders alike.
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".pnm", ".ppm", ".tif",
+                    ".tiff", ".webp")
 
 
 def check_not_html(path: Path, expected: str) -> None:
@@ -68,27 +71,15 @@ def open_image(source: bytes | Path, where: str) -> Image.Image:
     return image
 
 
-def decode_image(source: bytes | Path, where: str, size: int, channels: int) -> np.ndarray:
-    """An encoded image -> (size, size, channels) uint8, LANCZOS-resized when not that size.
-
-    A missing, unreadable or truncated file is a UserError naming `where`.
-    """
+def decode_image(source: bytes | Path, where: str, transform: ImageTransform) -> torch.Tensor:
+    """An encoded image -> `transform.pixels`, (C, size, size) uint8: the cached pixels of the
+    datasets that decode image files, and `meta-cli predict`'s. A missing, unreadable or
+    truncated file is a UserError naming `where`."""
     with open_image(source, where) as image:
-        return to_pixels(image, size, channels)
-
-
-def to_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """A PIL image -> (size, size, channels) uint8, LANCZOS-resized when not that size: the
-    pixels of the image datasets' files and of images given to `meta-cli predict`."""
-    image = image.convert("RGB" if channels == 3 else "L")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.LANCZOS)
-    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
-
-
-def stack_hwc(images: list[np.ndarray]) -> torch.Tensor:
-    """(H, W, C) uint8 arrays -> one (N, C, H, W) uint8 tensor."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        try:
+            return transform.pixels(image)
+        except Exception as exc:  # PIL raises many types for an image it cannot convert
+            raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.") from None
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -3,17 +3,19 @@
 Layouts under dataset.root:
 - root/<class>/<images>, or root/<group>/<class>/<images> (groups like Omniglot's alphabets):
   a group level is detected when the top folders hold folders; classes are then named
-  '<group>/<class>'. Images are files with a common image extension; hidden files and other
-  files are skipped, empty class folders too.
+  '<group>/<class>'. Images are files with an extension of `image_files.IMAGE_EXTENSIONS` (the
+  ones `meta-cli predict` reads too); hidden files and other files are skipped, empty class
+  folders too.
 - Explicit splits: root/train/, root/val/, root/test/, each in one of those layouts, used when
   root holds any of the three (then it must hold all three); classes are named 'train/<class>'.
 - Otherwise the sorted classes are shuffled with random.Random(split_seed), an RNG of its own
   (the split depends on neither the run's seed nor anything that ran before), and cut by
   `fractions` (train, val, test; each non-zero fraction gets at least one class).
 
-Preprocessing: images converted to RGB (channels=3) or grayscale (channels=1), resized to
-image_size x image_size with LANCZOS (the aspect ratio is not kept), scaled to 0..1, then
-normalised per channel, (x - mean) / std, when mean and std are set.
+Preprocessing: the dataset's `ImageTransform(image_size, channels, mean, std)`: images
+converted to RGB (channels=3) or grayscale (channels=1), resized to image_size x image_size
+with LANCZOS (the aspect ratio is not kept), scaled to 0..1, then normalised per channel,
+(x - mean) / std, when mean and std are set.
 
 The decoded images are cached under META_CLI_CACHE, keyed by the file list (paths, sizes,
 mtimes), image_size and channels: adding, removing or editing an image re-decodes its part.
@@ -24,8 +26,11 @@ import random
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from meta_cli.data.image_files import decode_image, list_images, stack_hwc
+import torch
+
+from meta_cli.data.image_files import decode_image, list_images
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -84,16 +89,13 @@ def find_pools(folder: Path) -> dict[str, dict[str, list[Path]]]:
     return pools
 
 
-def decode(classes: dict[str, list[Path]], size: int, channels: int) -> Decoded:
-    """Class folders -> images (N, channels, size, size) uint8 in the order of `classes`."""
-    pixels = [decode_image(f, str(f), size, channels) for files in classes.values() for f in files]
-    return Decoded(stack_hwc(pixels), list(classes), [len(files) for files in classes.values()])
+def decode(classes: dict[str, list[Path]], transform: ImageTransform) -> Decoded:
+    """Class folders -> `transform.pixels` (N, C, size, size) uint8 in the order of `classes`."""
+    pixels = [decode_image(f, str(f), transform) for files in classes.values() for f in files]
+    return Decoded(torch.stack(pixels), list(classes), [len(files) for files in classes.values()])
 
 
 class ImageFolder(ImageTensorSource):
-    title = "image folder"
-    input_shape = (3, 84, 84)  # the defaults; an instance has its own from image_size, channels
-
     def __init__(
         self,
         root: str | None,
@@ -111,21 +113,22 @@ class ImageFolder(ImageTensorSource):
         if not root:
             raise UserError("set dataset.root to the folder of your images, e.g. "
                             "dataset.root=/data/my_images.")
-        self.folder = Path(root).expanduser()
-        self.input_shape = (channels, image_size, image_size)
-        pools = find_pools(self.folder)
+        transform = ImageTransform.from_config(image_size, channels, mean, std)
+        folder = Path(root).expanduser()
+        pools = find_pools(folder)
         self.split_rule: dict[str, Any] = {"split": "folders"}
         if "all" in pools:
             _check_fractions(fractions)
             self.split_rule = {"split": "fractions", "fractions": list(fractions),
                                "split_seed": split_seed}
-        settings = {"image_size": image_size, "channels": channels, "resize": "lanczos"}
         parts = {p: PartSpec([f for files in classes.values() for f in files],
-                             lambda c=classes: decode(c, image_size, channels),
-                             f"the images in {self.folder} are not readable")
+                             lambda c=classes: decode(c, transform),
+                             f"the images in {folder} are not readable")
                  for p, classes in pools.items()}
-        self._setup("image-folder", parts, settings, ways, shots, query, mean, std, splits,
-                    lambda by_part: self._default_splits(by_part, fractions, split_seed))
+        super().__init__(name="image-folder", title="image folder", folder=folder, parts=parts,
+                         transform=transform, ways=ways, shots=shots, query=query, splits=splits,
+                         default_splits=lambda by_part: self._default_splits(by_part, fractions,
+                                                                             split_seed))
 
     @staticmethod
     def _default_splits(by_part: dict[str, list[str]], fractions: list[float],
@@ -136,7 +139,7 @@ class ImageFolder(ImageTensorSource):
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
-        described["preprocessing"].update(self.split_rule)
+        described["data"].update(self.split_rule)
         return described
 
 

@@ -1,21 +1,22 @@
 """Image datasets held as one uint8 tensor per part of their files, sampled by class.
 
-Shared by mini-/tiered-ImageNet, CIFAR-FS, FC100 and `image_folder`. A dataset names its
-parts (usually one per split file: "train", "val", "test") with the files each is read
-from and a decoder. Each part is decoded once into images (N, C, H, W) uint8, sorted by
-class, and cached under META_CLI_CACHE (default ~/.cache/meta-cli), keyed by the files'
-paths, sizes and mtimes and the preprocessing: data folders are often shared or read-only,
-so nothing is written beside them (as Omniglot's cache). At a split's first episode its
-part moves to the training device as uint8, and `ClassSampler` indexes it; the images of
-each episode are scaled to 0..1 and normalised per channel as they are drawn.
+The base of every image dataset: Omniglot, mini-/tiered-ImageNet, CIFAR-FS, FC100 and
+`image_folder`. A dataset names its parts (one per split file: "train", "val", "test"; or
+one for all its files) with the files each is read from and a decoder. Each part is decoded
+once into the pixels of the dataset's `ImageTransform`, (N, C, H, W) uint8 sorted by class,
+and cached under META_CLI_CACHE (default ~/.cache/meta-cli), keyed by the files' paths,
+sizes and mtimes and the transform's pixel settings: data folders are often shared or
+read-only, so nothing is written beside them. At a split's first episode its part moves to
+the training device as uint8, and `ClassSampler` indexes it; the images of each episode
+become model inputs (`ImageTransform.to_input`: 0..1, mean/std) as they are drawn.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,10 +25,11 @@ from meta_cli.atomic import atomic_file, write_atomic
 from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
 from meta_cli.data.cache import cache_dir
 from meta_cli.data.download import one_line
-from meta_cli.data.sampler import ClassBatches, ClassSampler
+from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed by ImageTransform.pixel_key
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
@@ -45,12 +47,15 @@ class PartSpec:
     """Where a part comes from: the files that key its cache and the decoder that reads them.
 
     `decode` raises UserError for bad data it recognises; any other exception is reported
-    as `what` (e.g. "/data/x.pkl is not a mini-ImageNet pickle") being malformed.
+    as `what` (e.g. "/data/x.pkl is not a mini-ImageNet pickle") being malformed. `index`,
+    when given, lists the part's classes and image counts (as `decode` will order them)
+    without decoding: opening the dataset (the pre-flight) then decodes nothing.
     """
 
     sources: list[Path]
     decode: Callable[[], Decoded]
     what: str
+    index: Callable[[], tuple[list[str], list[int]]] | None = None
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:
@@ -62,6 +67,7 @@ class PartCache:
     """The decoded images of one part, on disk as <key>.pt (the tensor) + <key>.json (index)."""
 
     def __init__(self, name: str, part: str, spec: PartSpec, settings: dict[str, Any]) -> None:
+        """`settings`: what the decoded pixels depend on besides the files (they key the cache)."""
         self.spec = spec
         stat = [(str(p.absolute()), *_size_and_mtime(p)) for p in spec.sources]
         key = hashlib.sha256(repr((CACHE_FORMAT, part, sorted(settings.items()), stat)).encode())
@@ -71,7 +77,8 @@ class PartCache:
         self._index: tuple[list[str], list[int]] | None = None
 
     def index(self) -> tuple[list[str], list[int]]:
-        """Class ids and their image counts, from the cache (decoding once when absent)."""
+        """Class ids and their image counts: from the cache, else from the spec's `index`,
+        else by decoding (once)."""
         if self._index is None:
             try:
                 index = json.loads(self.index_path.read_text())
@@ -79,6 +86,8 @@ class PartCache:
                     self._index = list(index["classes"]), list(index["counts"])
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # absent or damaged: rebuilt below
+        if self._index is None and self.spec.index is not None:
+            self._index = self.spec.index()
         if self._index is None:
             self._build()
         return self._index
@@ -107,33 +116,41 @@ class PartCache:
         except OSError as exc:
             raise UserError(f"cannot write the image cache {self.tensor_path} ({one_line(exc)}); "
                             f"free space or set META_CLI_CACHE to another folder.")
-        self._images, self._index = decoded.images, (decoded.classes, decoded.counts)
+        listed = self._index
+        self._images, self._index = decoded.images, (list(decoded.classes), list(decoded.counts))
+        if listed is not None and listed != self._index:  # the spec's index and decode disagree
+            raise RuntimeError(f"{self.spec.what}: its listing and its decoded images differ")
         return decoded
 
 
 class ImageTensorSource(ClassBatches, TaskSource):
     """A classification TaskSource over cached parts; subclasses pass what they read.
 
-    A subclass sets `folder` (named in messages) and calls `_setup` with parts: part name ->
-    PartSpec, and default_splits: class ids of each part -> class ids of each split (default:
-    part "train" is the train split, and so on). A split may draw on several parts (a saved
-    split that moved classes), at the cost of one concatenation.
+    A subclass calls `super().__init__` with its parts (part name -> PartSpec), its
+    transform, and default_splits: class ids of each part -> class ids of each split
+    (default: part "train" is the train split, and so on). A split may draw on several parts
+    (a saved split that moved classes), at the cost of one concatenation.
+
+    Meta-training episodes (the train split only) can be varied: with `rotations` each
+    90-degree turn of a class is a class of its own, with `flips` also its mirror image, and
+    `augment` gives each image its own random affine transform (see `ClassSampler`).
     """
 
     task = "classification"
-    title: str  # the dataset's name in messages, e.g. "mini-ImageNet"
-    folder: Path  # where its files are
 
-    def _setup(self, name: str, parts: dict[str, PartSpec], settings: dict[str, Any], ways: int,
-               shots: int, query: int, mean: list[float] | None, std: list[float] | None,
-               splits: dict[str, list[str]] | None,
-               default_splits: Callable[[dict[str, list[str]]], dict[str, list[str]]] | None = None,
-               ) -> None:
+    def __init__(self, *, name: str, title: str, folder: Path, parts: dict[str, PartSpec],
+                 transform: ImageTransform, ways: int, shots: int, query: int,
+                 splits: dict[str, list[str]] | None = None,
+                 default_splits: Callable[[dict[str, list[str]]], dict[str, list[str]]] | None = None,
+                 rotations: bool = False, flips: bool = False, augment: Affine | None = None) -> None:
+        """`name`: the cache folder; `title`: the dataset in messages (e.g. "mini-ImageNet");
+        `folder`: where its files are (named in messages)."""
+        self.title, self.folder, self.transform = title, folder, transform
+        self.input_shape = transform.shape
         self.ways, self.shots, self.query = ways, shots, query
-        self.settings = settings  # preprocessing before normalisation: it keys the cache
-        channels = settings["channels"]
-        self.mean, self.std = _normalisation(mean, std, channels)
-        self.caches = {p: PartCache(name, p, spec, settings) for p, spec in parts.items()}
+        self.rotations, self.flips, self.augment = rotations, flips, augment
+        self.variants = (4 if rotations else 1) * (2 if flips else 1)  # per base class, in training
+        self.caches = {p: PartCache(name, p, spec, transform.pixel_key()) for p, spec in parts.items()}
         by_part, counts, self.part_of = {}, {}, {}
         for part, cache in self.caches.items():
             classes, sizes = cache.index()
@@ -156,7 +173,7 @@ class ImageTensorSource(ClassBatches, TaskSource):
         self._samplers: dict[str, ClassSampler] = {}
 
     def num_classes(self, split: Split) -> int:
-        return len(self.splits.get(split, []))
+        return len(self.splits.get(split, [])) * (self.variants if split == "train" else 1)
 
     def images_per_class(self, split: Split) -> int:
         return self._images_per_class.get(split, 0)
@@ -168,13 +185,10 @@ class ImageTensorSource(ClassBatches, TaskSource):
         return self
 
     def _part_pixels(self, part: str) -> torch.Tensor:
-        """Part `part` on the device, (N, C, H, W) uint8 as decoded."""
+        """Part `part` on the device, (N, C, H, W) uint8 as cached."""
         if part not in self._pixels:
             self._pixels[part] = self.caches[part].images().to(self.device)
         return self._pixels[part]
-
-    def _to_float(self, pixels: torch.Tensor) -> torch.Tensor:
-        return to_model_input(pixels, self.mean, self.std)
 
     def _sampler(self, split: Split) -> ClassSampler:
         if split not in self._samplers:
@@ -188,7 +202,11 @@ class ImageTensorSource(ClassBatches, TaskSource):
                 groups.update((c, np.arange(a, b)) for c, a, b in zip(ids, starts[:-1], starts[1:]))
                 offset += len(tensors[-1])
             images = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-            self._samplers[split] = ClassSampler(images, [groups[c] for c in classes], convert=self._to_float)
+            training = split == "train"
+            self._samplers[split] = ClassSampler(
+                images, [groups[c] for c in classes], rotations=self.rotations and training,
+                flips=self.flips and training, augment=self.augment if training else None,
+                convert=self.transform.to_input)
         return self._samplers[split]
 
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
@@ -196,43 +214,15 @@ class ImageTensorSource(ClassBatches, TaskSource):
         return self._sampler(split).sample(episode_rng(seed, split, index), ways, shots, query)
 
     def describe(self) -> dict[str, Any]:
+        """Splits, the transform (what `meta-cli predict` replays) and how meta-training
+        episodes are varied."""
         return {
             "splits": self.splits,
-            "preprocessing": {**self.settings, "scale": "0..1",
-                              "mean": None if self.mean is None else list(self.mean),
-                              "std": None if self.std is None else list(self.std)},
+            "transform": self.transform.to_dict(),
+            "data": {"train_rotations": self.rotations, "train_flips": self.flips,
+                     "train_affine": None if self.augment is None else asdict(self.augment)},
         }
-
-
-def to_model_input(pixels: torch.Tensor, mean: Sequence[float] | None,
-                   std: Sequence[float] | None) -> torch.Tensor:
-    """(N, C, H, W) uint8 as decoded -> float 0..1, then (x - mean) / std per channel: the
-    one definition of a model input, for episodes and for `meta-cli predict`."""
-    x = pixels.float().div_(255)
-    if mean is not None:
-        shape = (1, -1, 1, 1)
-        x.sub_(torch.tensor(mean, device=x.device).view(shape))
-        x.div_(torch.tensor(std, device=x.device).view(shape))
-    return x
 
 
 def _by_part(by_part: dict[str, list[str]]) -> dict[str, list[str]]:
     return {s: list(by_part[s]) for s in SPLITS}
-
-
-def _normalisation(mean: list[float] | None, std: list[float] | None,
-                   channels: int) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """Per-channel mean and std (one value is used for every channel), or (None, None)."""
-    if mean is None and std is None:
-        return None, None
-    if mean is None or std is None:
-        raise UserError("set both dataset.mean and dataset.std, or both to null (no normalisation).")
-    values = []
-    for key, given in (("mean", mean), ("std", std)):
-        if len(given) not in (1, channels):
-            raise UserError(f"dataset.{key} must have 1 or {channels} values (one per channel); "
-                            f"got {list(given)}.")
-        values.append(tuple(float(v) for v in given) * (channels if len(given) == 1 else 1))
-    if min(values[1]) <= 0:
-        raise UserError(f"dataset.std values must be > 0; got {list(std)}.")
-    return values[0], values[1]

@@ -22,9 +22,11 @@ import torch
 from meta_cli.data.download import data_folder, ensure_files, fetch
 from meta_cli.data.image_files import read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
+TITLE = "mini-ImageNet"
 IMAGE_SIZE = 84
 FILES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
          "test": "mini-imagenet-cache-test.pkl"}
@@ -51,9 +53,6 @@ def decode(path: Path) -> Decoded:
 
 
 class MiniImagenet(ImageTensorSource):
-    title = "mini-ImageNet"
-    input_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
-
     def __init__(
         self,
         root: str,
@@ -65,12 +64,13 @@ class MiniImagenet(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = data_folder(root, "mini-imagenet", list(FILES.values()))
-        ensure_files(self.folder, list(FILES.values()), download,
-                     lambda missing: [fetch(URL.format(name=n), self.folder / n) for n in missing],
-                     self.title, "learn2learn's mini-imagenet-cache-{train,validation,test}.pkl")
-        parts = {split: PartSpec([self.folder / name], lambda p=self.folder / name: decode(p),
-                                 f"{self.folder / name} is not {EXPECTED}")
+        transform = ImageTransform.from_config(IMAGE_SIZE, 3, mean, std)
+        folder = data_folder(root, "mini-imagenet", list(FILES.values()))
+        ensure_files(folder, list(FILES.values()), download,
+                     lambda missing: [fetch(URL.format(name=n), folder / n) for n in missing],
+                     TITLE, "learn2learn's mini-imagenet-cache-{train,validation,test}.pkl")
+        parts = {split: PartSpec([folder / name], lambda p=folder / name: decode(p),
+                                 f"{folder / name} is not {EXPECTED}")
                  for split, name in FILES.items()}
-        settings = {"image_size": IMAGE_SIZE, "channels": 3, "resize": "none"}
-        self._setup("mini-imagenet", parts, settings, ways, shots, query, mean, std, splits)
+        super().__init__(name="mini-imagenet", title=TITLE, folder=folder, parts=parts,
+                         transform=transform, ways=ways, shots=shots, query=query, splits=splits)

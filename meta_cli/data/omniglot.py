@@ -11,27 +11,20 @@ classes; here each character belongs to exactly one split:
   characters are shuffled with random.Random(FULL_SPLIT_SEED) and cut 1,100 / 100 / 423 (the
   MAML paper's sizes; proportionally, at least one each, for other character counts).
 
-Images are 28x28, strokes 1 on 0. In meta-training each 90-degree rotation of a character is
-a class of its own (Santoro et al., 2016; Finn et al., 2017), chosen per class.
+Images are 28x28, strokes 1 on 0 (`omniglot_files.TRANSFORM`). In meta-training each 90-degree
+rotation of a character is a class of its own (Santoro et al., 2016; Finn et al., 2017),
+chosen per class; `flips` adds mirror images, `augment` a random affine per image. Validation
+and test episodes are never varied.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import torch
-
-from meta_cli.data.base import Episode, Split, TaskSource, episode_rng
-from meta_cli.data.cache import cache_dir
-from meta_cli.data.omniglot_files import (
-    IMAGE_SIZE,
-    ensure_zips,
-    list_characters,
-    load_images,
-)
-from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
+from meta_cli.data.image_tensor import ImageTensorSource, PartSpec
+from meta_cli.data.omniglot_files import TRANSFORM, decode, ensure_zips, index
+from meta_cli.data.sampler import Affine
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
@@ -74,9 +67,9 @@ def make_splits(variant: str, characters: list[str]) -> dict[str, list[str]]:
     }
 
 
-class Omniglot(ClassBatches, TaskSource):
-    task = "classification"
-    input_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
+class Omniglot(ImageTensorSource):
+    """Both zips of a variant are one part of the shared image cache, (N, 1, 28, 28) uint8;
+    opening the dataset lists the zips and decodes nothing until the first episode."""
 
     def __init__(
         self,
@@ -95,66 +88,14 @@ class Omniglot(ClassBatches, TaskSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = Path(root).expanduser() / "omniglot"
-        self.variant, self.ways, self.shots, self.query = variant, ways, shots, query
-        self.rotations, self.flips, self.augment = rotations, flips, augment
-        self.affine = Affine(augment_degrees, augment_scale, augment_shift, augment_shear)
-        self.zips = ensure_zips(self.folder, VARIANT_FILES[variant], download)
-        cache_dir("omniglot")  # an unwritable cache is refused here, in the pre-flight
-        counts: dict[str, int] = {}
-        for z in self.zips:
-            for character, members in list_characters(z).items():
-                counts[f"{z.stem}:{character}"] = len(members)
-        self.splits = splits or make_splits(variant, sorted(counts))
-        unknown = [c for split in self.splits.values() for c in split if c not in counts]
-        if unknown:
-            raise UserError(
-                f"the saved split names {len(unknown)} characters not in {self.folder} "
-                f"(e.g. {unknown[0]}): this checkpoint was trained on other Omniglot files."
-            )
-        self._images_per_class = {s: min(counts[c] for c in chars) for s, chars in self.splits.items()}
-        self.title = f"omniglot {variant}"
-        self.device = torch.device("cpu")
-        self._samplers: dict[str, ClassSampler] = {}
-
-    def num_classes(self, split: Split) -> int:
-        if split != "train":
-            return len(self.splits[split])
-        return len(self.splits[split]) * (4 if self.rotations else 1) * (2 if self.flips else 1)
-
-    def images_per_class(self, split: Split) -> int:
-        return self._images_per_class[split]
-
-    def to(self, device: torch.device) -> "Omniglot":
-        self.device = torch.device(device)
-        self._samplers.clear()
-        return self
-
-    def _sampler(self, split: Split) -> ClassSampler:
-        if not self._samplers:
-            images, characters, groups = load_images(self.zips)
-            pixels = images.to(self.device).float().div_(255).unsqueeze(1)  # (N, 1, 28, 28)
-            by_name = dict(zip(characters, groups))
-            for s, chars in self.splits.items():
-                training = s == "train"
-                self._samplers[s] = ClassSampler(pixels, [by_name[c] for c in chars],
-                                                 rotations=self.rotations and training,
-                                                 flips=self.flips and training,
-                                                 augment=self.affine if self.augment and training else None)
-        return self._samplers[split]
-
-    def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
-                query: int) -> Episode:
-        return self._sampler(split).sample(episode_rng(seed, split, index), ways, shots, query)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "splits": self.splits,
-            "preprocessing": {
-                "image_size": IMAGE_SIZE, "channels": 1, "resize": "lanczos",
-                "invert": True, "scale": "0..1, strokes = 1",
-                "train_rotations": self.rotations, "train_flips": self.flips,
-                "train_augment": self.augment,
-                "train_affine": asdict(self.affine) if self.augment else None,
-            },
-        }
+        folder = Path(root).expanduser() / "omniglot"
+        zips = ensure_zips(folder, VARIANT_FILES[variant], download)
+        part = PartSpec(zips, lambda: decode(zips), f"the Omniglot zips in {folder} are not readable",
+                        index=lambda: index(zips))
+        affine = Affine(augment_degrees, augment_scale, augment_shift, augment_shear)
+        super().__init__(name="omniglot", title=f"omniglot {variant}", folder=folder,
+                         parts={"images": part}, transform=TRANSFORM, ways=ways, shots=shots,
+                         query=query, splits=splits,
+                         default_splits=lambda by_part: make_splits(variant, sorted(by_part["images"])),
+                         rotations=rotations, flips=flips, augment=affine if augment else None)
+        self.variant = variant

@@ -1,19 +1,16 @@
-"""Omniglot's official zips: find or download them, decode once, cache as one uint8 tensor."""
+"""Omniglot's official zips: find or download them (md5-checked), list and decode them."""
 from __future__ import annotations
 
-import hashlib
 import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from meta_cli.atomic import atomic_file
-from meta_cli.data.cache import cache_dir
-from meta_cli.data.download import ensure_files, fetch, one_line
-from meta_cli.data.image_files import open_image
+from meta_cli.data.download import ensure_files, fetch
+from meta_cli.data.image_files import decode_image
+from meta_cli.data.image_tensor import Decoded
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
@@ -25,7 +22,9 @@ MD5 = {
     "images_background_small2.zip": "b75a71a51d3b13f821f212756fe481fd",
 }
 IMAGE_SIZE = 28
-CACHE_FORMAT = 1
+#: The PNGs are black strokes on white, 105x105: grayscale, LANCZOS to 28x28, inverted so
+#: that strokes are 255 (1 as model inputs) on 0.
+TRANSFORM = ImageTransform(IMAGE_SIZE, 1, invert=True)
 
 
 def ensure_zips(folder: Path, names: list[str], download: bool) -> list[Path]:
@@ -52,6 +51,13 @@ def list_characters(zip_path: Path) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(characters.items())}
 
 
+def index(zips: list[Path]) -> tuple[list[str], list[int]]:
+    """Character ids '<zip stem>:<Alphabet>/<character>' and their image counts, in the order
+    `decode` gives them, from the zips' listings alone (nothing is decoded)."""
+    listed = [(f"{z.stem}:{c}", len(members)) for z in zips for c, members in list_characters(z).items()]
+    return [c for c, _ in listed], [n for _, n in listed]
+
+
 def _read(z: zipfile.ZipFile, member: str, zip_path: Path) -> bytes:
     try:
         return z.read(member)
@@ -60,59 +66,16 @@ def _read(z: zipfile.ZipFile, member: str, zip_path: Path) -> bytes:
                         f"replace it with the official file.")
 
 
-def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """A black-on-white image (Omniglot's PNGs are 105x105) -> (size, size) uint8 grayscale,
-    LANCZOS-resized, inverted so that strokes are bright (255 = stroke).
-
-    The one definition of the pixels a model sees: the training data and `meta-cli predict`
-    both go through it. Any PIL error propagates; `decode` names the file.
-    """
-    image = image.convert("L").resize((size, size), Image.LANCZOS)
-    return 255 - np.asarray(image, dtype=np.uint8)
-
-
-def decode(data: bytes, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Image file bytes -> `preprocess`ed (size, size) uint8; a bad file is a UserError
-    naming `where`."""
-    with open_image(data, where) as image:
-        try:
-            return preprocess(image, size)
-        except Exception as exc:  # PIL raises many types for a bad image
-            raise UserError(f"cannot decode image {where} ({one_line(exc)}); replace or remove it.") from None
-
-
-def _cache_dir() -> Path:
-    """META_CLI_CACHE or ~/.cache/meta-cli: never beside the zips, which may be shared."""
-    return cache_dir("omniglot")
-
-
-def load_images(zips: list[Path]) -> tuple[torch.Tensor, list[str], list[np.ndarray]]:
-    """Decode every character image of `zips` (cached).
-
-    Returns images (N, 28, 28) uint8, character ids '<zip stem>:<Alphabet>/<character>' and,
-    per character, the indices of its images.
-    """
-    stat = [(str(z.resolve()), z.stat().st_size, z.stat().st_mtime_ns) for z in zips]
-    key = hashlib.sha256(repr((CACHE_FORMAT, IMAGE_SIZE, stat)).encode()).hexdigest()[:16]
-    cache = _cache_dir() / f"omniglot-{IMAGE_SIZE}px-{key}.pt"
-    if cache.is_file():
-        try:
-            blob = torch.load(cache, weights_only=True)
-            offsets = blob["offsets"].tolist()
-            groups = [np.arange(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
-            return blob["images"], list(blob["characters"]), groups
-        except Exception:
-            pass  # a stale or damaged cache is rebuilt below
-    images, characters, offsets = [], [], [0]
+def decode(zips: list[Path], transform: ImageTransform = TRANSFORM) -> Decoded:
+    """Every character image of `zips`, zip by zip and character by character (sorted) as
+    `index` lists them: images (N, 1, 28, 28) uint8 (`transform.pixels`). A bad image is a
+    UserError naming '<zip>:<member>'."""
+    images, classes, counts = [], [], []
     for zip_path in zips:
         with zipfile.ZipFile(zip_path) as z:
             for character, members in list_characters(zip_path).items():
-                characters.append(f"{zip_path.stem}:{character}")
-                images.extend(decode(_read(z, m, zip_path), f"{zip_path}:{m}") for m in members)
-                offsets.append(len(images))
-    tensor = torch.from_numpy(np.stack(images))
-    blob = {"images": tensor, "characters": characters, "offsets": torch.tensor(offsets)}
-    with atomic_file(cache) as f:  # parallel jobs may race here; each writes a whole file
-        torch.save(blob, f)
-    groups = [np.arange(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
-    return tensor, characters, groups
+                classes.append(f"{zip_path.stem}:{character}")
+                counts.append(len(members))
+                images.extend(decode_image(_read(z, m, zip_path), f"{zip_path}:{m}", transform)
+                              for m in members)
+    return Decoded(torch.stack(images), classes, counts)

@@ -59,6 +59,6 @@ class Sinusoid(TaskSource):
     def describe(self) -> dict[str, Any]:
         return {
             "splits": {},
-            "preprocessing": {"amplitude": list(self.amplitude), "phase": list(self.phase),
-                              "x_range": list(self.x_range)},
+            "data": {"amplitude": list(self.amplitude), "phase": list(self.phase),
+                     "x_range": list(self.x_range)},
         }

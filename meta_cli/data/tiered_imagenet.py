@@ -22,9 +22,11 @@ from meta_cli.data.download import ensure_files, fetch
 from meta_cli.data.image_files import decode_image, read_pickle
 from meta_cli.data.image_tensor import Decoded, ImageTensorSource, PartSpec
 from meta_cli.data.mini_imagenet import MEAN, STD
+from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 from meta_cli.params import Ge
 
+TITLE = "tiered-ImageNet"
 IMAGE_SIZE = 84
 PARTS = ("train", "val", "test")
 URL = "https://zenodo.org/record/7978538/files/tiered-imagenet-{name}"  # learn2learn 0.2.0's source
@@ -34,7 +36,7 @@ def files(part: str) -> list[str]:
     return [f"{part}_images_png.pkl", f"{part}_labels.pkl"]
 
 
-def decode(folder: Path, part: str) -> Decoded:
+def decode(folder: Path, part: str, transform: ImageTransform) -> Decoded:
     """One split's pickles -> images (N, 3, 84, 84) uint8 grouped by class index."""
     images_path, labels_path = (folder / name for name in files(part))
     images = read_pickle(images_path, "a tiered-ImageNet *_images_png.pkl")
@@ -44,18 +46,14 @@ def decode(folder: Path, part: str) -> Decoded:
         raise UserError(f"{labels_path} has {len(labels)} labels but {images_path} holds "
                         f"{len(images)} images; use the two files of one download.")
     # Filled in place, channels first: the train split is 9.5 GB, too big to copy once more.
-    pixels = np.empty((len(labels), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    pixels = torch.empty((len(labels), *transform.shape), dtype=torch.uint8)
     for row, i in enumerate(np.argsort(labels, kind="stable")):
-        where = f"number {i} of {images_path}"
-        pixels[row] = decode_image(bytes(images[i]), where, IMAGE_SIZE, 3).transpose(2, 0, 1)
+        pixels[row] = decode_image(bytes(images[i]), f"number {i} of {images_path}", transform)
     classes, counts = np.unique(labels, return_counts=True)
-    return Decoded(torch.from_numpy(pixels), [f"{part}/{c}" for c in classes.tolist()], counts.tolist())
+    return Decoded(pixels, [f"{part}/{c}" for c in classes.tolist()], counts.tolist())
 
 
 class TieredImagenet(ImageTensorSource):
-    title = "tiered-ImageNet"
-    input_shape = (3, IMAGE_SIZE, IMAGE_SIZE)
-
     def __init__(
         self,
         root: str,
@@ -67,13 +65,14 @@ class TieredImagenet(ImageTensorSource):
         download: bool = True,
         splits: dict[str, list[str]] | None = None,
     ) -> None:
-        self.folder = Path(root).expanduser() / "tiered-imagenet"
-        ensure_files(self.folder, [n for p in PARTS for n in files(p)], download,
-                     lambda missing: [fetch(URL.format(name=n), self.folder / n) for n in missing],
-                     self.title, "learn2learn's {train,val,test}_images_png.pkl and "
+        transform = ImageTransform.from_config(IMAGE_SIZE, 3, mean, std)
+        folder = Path(root).expanduser() / "tiered-imagenet"
+        ensure_files(folder, [n for p in PARTS for n in files(p)], download,
+                     lambda missing: [fetch(URL.format(name=n), folder / n) for n in missing],
+                     TITLE, "learn2learn's {train,val,test}_images_png.pkl and "
                      "{train,val,test}_labels.pkl")
-        parts = {p: PartSpec([self.folder / n for n in files(p)], lambda p=p: decode(self.folder, p),
-                             f"{self.folder}/{p}_*.pkl are not tiered-ImageNet pickles")
+        parts = {p: PartSpec([folder / n for n in files(p)], lambda p=p: decode(folder, p, transform),
+                             f"{folder}/{p}_*.pkl are not tiered-ImageNet pickles")
                  for p in PARTS}
-        settings = {"image_size": IMAGE_SIZE, "channels": 3, "resize": "lanczos if not 84x84"}
-        self._setup("tiered-imagenet", parts, settings, ways, shots, query, mean, std, splits)
+        super().__init__(name="tiered-imagenet", title=TITLE, folder=folder, parts=parts,
+                         transform=transform, ways=ways, shots=shots, query=query, splits=splits)
