@@ -77,7 +77,8 @@ def make(setting: str, backend: str, device: torch.device, compile: bool = False
         source: TaskSource = RandomImages(ways, shots, query)
         net = Conv4(input_shape=source.input_shape, hidden=32, max_pool=True)
     else:
-        source = Omniglot(root=str(DATA), ways=ways, shots=shots, query=query, download=False)
+        source = Omniglot(root=str(DATA), ways=ways, shots=shots, query=query, flips=False, augment=False,
+                          download=False)
         net = Conv4(input_shape=source.input_shape, hidden=64, max_pool=backbone == "conv4_pool")
     torch.manual_seed(0)  # the same initial weights for every contender
     if algorithm == "maml":

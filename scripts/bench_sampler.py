@@ -27,7 +27,7 @@ WAYS, SHOTS, QUERY, EPISODES = 5, 1, 5, 300
 
 def main() -> None:
     root = os.environ.get("META_CLI_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    data = Omniglot(root, rotations=False)
+    data = Omniglot(root, rotations=False, flips=False, augment=False)
     sampler = data._sampler("train")  # decoded once, cached
     images = sampler.convert(sampler.images)  # learn2learn gets float model inputs, as ours gives
     labels = torch.empty(len(images), dtype=torch.long)

@@ -45,3 +45,27 @@ def cli(tmp_path: Path, data_root: Path, cache_dir: Path):
 def run_dirs(root: Path) -> list[Path]:
     """Run dirs under root/outputs (those with a .hydra folder)."""
     return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group, as conf/ ships them: tests discover what to cover."""
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def algorithm_class(name: str):
+    """The class conf/algorithm/<name>.yaml builds."""
+    import yaml
+    from hydra.utils import get_object
+
+    return get_object(yaml.safe_load((REPO / "conf" / "algorithm" / f"{name}.yaml").read_text())["_target_"])
+
+
+def algorithms(task: str, learns_from: str = "episodes") -> list[str]:
+    """The algorithm options that learn `task` ("classification", "regression", "rl"), from
+    episodes or from mini-batches."""
+    found = []
+    for name in config_options("algorithm"):
+        cls = algorithm_class(name)
+        if task in cls.tasks and getattr(cls, "learns_from", "episodes") == learns_from:
+            found.append(name)
+    return found

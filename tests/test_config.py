@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import pytest
+from conftest import algorithms, config_options
 from hydra import compose, initialize_config_module
 
 from meta_cli.apps import eval as eval_app
 from meta_cli.build import build_train
 from meta_cli.errors import UserError
 
+# Every algorithm on a dataset of each task it learns, and every backbone under one that takes
+# it (tests/test_backbones.py trains them): discovered from conf/.
 COMBINATIONS = [
-    ["algorithm=maml"], ["algorithm=protonet"],
-    ["backbone=conv4"], ["backbone=conv4_pool"], ["algorithm=protonet", "backbone=conv4_pool"],
-    ["dataset=sinusoid"], ["dataset=sinusoid", "backbone=mlp"],
+    *[[f"algorithm={a}"] for a in algorithms("classification") + algorithms("classification", "batches")],
+    *[["dataset=sinusoid", f"algorithm={a}"] for a in algorithms("regression")],
+    *[["dataset=navigation2d", f"algorithm={a}"] for a in algorithms("rl")],
+    *[["algorithm=protonet", f"backbone={b}"] for b in config_options("backbone") if b not in ("mlp", "none")],
+    ["dataset=sinusoid", "backbone=mlp"],
     ["device=auto"], ["device=cpu"],
-    *[[f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile", "metaoptnet", "matchingnet")],
-    *[["dataset=sinusoid", f"algorithm={a}"] for a in ("fomaml", "metasgd", "anil", "reptile")],
-    ["backbone=cnn4"], ["algorithm=protonet", "backbone=resnet12"], ["algorithm=protonet", "backbone=wrn28"],
-    *[[f"algorithm={a}"] for a in ("siamese", "mann", "meta_lstm")],
-    *[["dataset=sinusoid", f"algorithm={a}"] for a in ("mann", "meta_lstm")],
     ["algorithm=mann", "algorithm.inputs=pixels"], ["algorithm=meta_lstm", "backbone=cnn4"],
 ]
 DATASETS_WITHOUT_FILES = ["mini_imagenet", "tiered_imagenet", "cifarfs", "fc100", "image_folder"]
@@ -59,18 +59,38 @@ def test_paper_defaults_for_maml_on_sinusoid_yield_to_the_command_line():
     assert _compose([]).algorithm.fast_lr == 0.4
 
 
-def test_backbone_specific_defaults_apply_to_that_backbone_only():
-    """conf/tuned_backbone/protonet_omniglot_conv4_pool.yaml widens ProtoNet's Omniglot body;
-    another backbone or dataset keeps its own keys (resnet12 has no `hidden` to receive)."""
+def test_presets_apply_to_their_pairing_only():
+    """The preset of algorithm x dataset x backbone (conf/preset/) applies to that body alone:
+    another backbone or dataset keeps the group defaults (resnet12 has no `hidden` to receive);
+    preset=none drops it; +experiment presets set none and say everything themselves."""
     default = _compose(["algorithm=protonet"])
     assert (default.backbone.hidden, default.train.iterations) == (128, 6400)
     assert _compose(["algorithm=protonet", "backbone=conv4_pool", "backbone.hidden=64"]).backbone.hidden == 64
     assert _compose(["algorithm=protonet", "backbone=conv4"]).backbone.hidden == 64
-    assert _compose(["algorithm=protonet", "backbone=conv4"]).train.iterations == 12000
+    assert _compose(["algorithm=protonet", "backbone=conv4"]).train.iterations == 1000
     assert _compose(["algorithm=protonet", "dataset=mini_imagenet"]).backbone.hidden == 64
     build_train(_compose(["algorithm=protonet", "backbone=resnet12"]))
     assert _compose(["algorithm=matchingnet"]).backbone.hidden == 64
     assert _compose(["+experiment=protonet_omniglot_5w1s"]).backbone.hidden == 64  # the paper's width
+    bare = _compose([])
+    assert (bare.train.iterations, bare.algorithm.backend) == (2300, "vmap")  # maml_omniglot_conv4
+    none = _compose(["preset=none"])
+    assert (none.train.iterations, none.algorithm.backend) == (1000, "l2l")  # what the files say
+    assert _compose(["backbone=resnet12"]).algorithm.backend == "l2l"
+    assert _compose(["preset=maml_omniglot_conv4", "dataset=sinusoid", "backbone=mlp"]).train.iterations == 2300
+
+
+def test_every_preset_is_named_for_its_pairing_and_composes():
+    for name in config_options("preset"):
+        if name == "none":
+            continue
+        algorithm = next(a for a in sorted(config_options("algorithm"), key=len, reverse=True) if name.startswith(a + "_"))
+        rest = name[len(algorithm) + 1:]
+        dataset = next(d for d in sorted(config_options("dataset"), key=len, reverse=True) if rest.startswith(d + "_"))
+        backbone = rest[len(dataset) + 1:]
+        assert backbone in config_options("backbone"), name
+        cfg = _compose([f"algorithm={algorithm}", f"dataset={dataset}", f"backbone={backbone}"])
+        assert _compose([f"algorithm={algorithm}", f"dataset={dataset}", f"backbone={backbone}", "preset=none"]) != cfg, name
 
 
 def test_cuda_group_composes():

@@ -33,8 +33,8 @@ from meta_cli.data.base import SPLIT_CODES
 from meta_cli.data.omniglot import Omniglot
 
 WAYS, SHOTS, QUERY = 5, 2, 3
-OPTIONS = {"default": {}, "flips": {"rotations": False, "flips": True},
-           "augment": {"augment": True, "augment_shear": 0.2}}
+OPTIONS = {"default": {"flips": False, "augment": False}, "flips": {"rotations": False, "flips": True, "augment": False},
+           "augment": {"flips": False, "augment": True, "augment_shear": 0.2}}
 DIGESTS = {  # (options, split, seed, index): from meta-cli e8770d9 (see the module docstring)
     ("default", "train", 0, 0): "335c9cc1782dbe90",
     ("default", "train", 0, 11): "d9458e8790c03942",
