@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from meta_cli import allocator, lock, presets
 from meta_cli.atomic import write_atomic
@@ -27,6 +28,12 @@ warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigSto
 # Every job flushes denormals to zero (allocator.tune_process), which numpy's float limits
 # then report once per dtype (Gymnasium's spaces ask for them): expected, not a problem.
 warnings.filterwarnings("ignore", message=r"The value of the smallest subnormal")
+
+# Under SLURM with several tasks per job (hydra/launcher=submitit_slurm_ddp) every task runs
+# Hydra's job set-up; conf/train.yaml asks this resolver for hydra.output_subdir and the log
+# file, so that rank 0 alone writes them (the other tasks get null / os.devnull).
+OmegaConf.register_new_resolver("meta_cli.rank0", lambda value, elsewhere=None: value if env_rank() == 0 else elsewhere,
+                                replace=True)
 
 #: Messages of the jobs of this process that failed; the CLI turns them into its exit code.
 FAILED: list[str] = []

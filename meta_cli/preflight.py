@@ -171,6 +171,7 @@ PLUGINS = {
     ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "launchers"),
     ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "launchers"),
     ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    ("hydra/launcher", "submitit_slurm_ddp"): ("hydra_plugins.hydra_submitit_launcher", "launchers"),
     ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "launchers"),
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),

@@ -205,3 +205,27 @@ def test_a_two_process_run_resumes_on_one(tmp_path, data_root, cache_dir, cli):
     iterations = [int(r["iteration"]) for r in rows if r["split"] == "train"]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 60
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"
+
+
+def test_a_slurm_job_of_several_tasks_is_one_rank_per_task(monkeypatch):
+    """submitit_slurm_ddp: SLURM's task variables become torch.distributed's (through
+    submitit's TorchDistributedEnvironment), and rank 0 alone writes .hydra/ and the log."""
+    from omegaconf import OmegaConf
+
+    import meta_cli.job  # noqa: F401 - registers the meta_cli.rank0 resolver
+    from meta_cli import distributed
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+             "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_NODEID": "0", "SLURM_STEP_ID": "0",
+             "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_STEP_NODELIST": "node1"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.launched() and distributed.env_rank() == 1
+    distributed._from_slurm()
+    assert [os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")] == ["1", "2", "1", "node1"]
+    config = OmegaConf.create({"a": "${meta_cli.rank0:.hydra}", "b": "${meta_cli.rank0:x.log,/dev/null}"})
+    assert (config.a, config.b) == (None, "/dev/null")
+    monkeypatch.setenv("RANK", "0")
+    assert (config.a, config.b) == (".hydra", "x.log")
