@@ -19,10 +19,13 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
   exit 0
 fi
 
-# The machine-wide pip config names index folders that do not exist; drop those warnings.
+# The machine-wide pip config names index folders that do not exist; drop those warnings,
+# and pip's notice of qpth's numpy cap (expected, below; pip check then allows no other).
 pip_install() {
   "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt "$@" 2>&1 \
-    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    | { grep -v -e "is ignored: it is neither a file nor a directory" \
+          -e "^ERROR: pip's dependency resolver does not currently take into account" \
+          -e "^qpth .* requires numpy<2" || true; }
 }
 
 pip_install --upgrade pip
