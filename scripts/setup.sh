@@ -13,9 +13,11 @@ PY="$VENV/bin/python"
 
 # The stamp records what was installed; any change to these files reinstalls.
 want=$(cat constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# One interpreter start for the check and the versions: importing torch is most of the time.
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$PY" -c "import meta_cli._l2l, torchvision, hydra" 2>/dev/null; then
-  echo "meta-cli: .venv is ready ($("$PY" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)'))"
+   && versions=$("$PY" -c "import meta_cli._l2l, torchvision, hydra, torch, numpy
+print('torch', torch.__version__, 'numpy', numpy.__version__)" 2>/dev/null); then
+  echo "meta-cli: .venv is ready ($versions)"
   exit 0
 fi
 
