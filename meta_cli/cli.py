@@ -84,8 +84,16 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
     flags = set(split_args(args)[0])
     if flags & UNCHECKED_FLAGS:
         return args, 1
+    if command == "eval":  # conf/eval.yaml's `algorithm: {}` takes new keys: Hydra wants a `+`
+        args = [f"+{a}" if a.startswith("algorithm.") else a for a in args]
     multirun = "-m" in flags or "--multirun" in flags
     check_plugins(split_args(args)[1])
+    if command == "train" and not flags & INFO_FLAGS:
+        from meta_cli.resume import (
+            resume_args,  # resume=RUN: the run's own overrides, its dir
+        )
+
+        args = resume_args(args)
     jobs = compose_jobs(command, split_args(args)[1])
     if flags & INFO_FLAGS:
         return args, 1
@@ -96,13 +104,13 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
 
         settings = {k: v for k, v in first["distributed"].items() if not k.startswith("_")}
         world = distributed.init(distributed.DistributedSettings(**settings), pick_device(first["device"]["kind"]).type)
-        args = launch.agree_on_run_dir(args, multirun, world)
-    if command == "train":
-        from meta_cli.resume import resume_args
+        agreed = launch.agree_on_run_dir(args, multirun, world)
+        if command == "train" and agreed != args:  # a torchrun restart finds its checkpoints there
+            from meta_cli.resume import resume_args
 
-        expanded = resume_args(args)
-        if expanded != args:
-            args, jobs = expanded, compose_jobs(command, split_args(expanded)[1])
+            agreed = resume_args(agreed)
+        if agreed != args:
+            args, jobs = agreed, compose_jobs(command, split_args(agreed)[1])
     overrides = split_args(args)[1]
     launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), None)
     processes = launch.processes([j.config for j in jobs], launcher) if not distributed.launched() else 1

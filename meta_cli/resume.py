@@ -140,7 +140,7 @@ def resume_args(args: list[str]) -> list[str]:
         return args
     if multirun:
         raise UserError("resume= resumes one run; resume the jobs of a sweep one by one.")
-    path = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    path = Path(given[-1].split("=", 1)[1].strip("'\"")).expanduser().resolve()
     if not path.exists():
         raise UserError(f"resume={path}: no such run dir or checkpoint.")
     run = path if path.is_dir() else path.parent.parent  # <run>/checkpoints/<name>.pt

@@ -34,7 +34,7 @@ _NUMBER_KINDS = {int: "an integer", float: "a number", bool: "true or false", st
 TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
 COMMAND_KEYS = {
     "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "init", "logger", "distributed"},
-    "eval": {"checkpoint", "data_root", "eval", "device", "distributed"},
+    "eval": {"checkpoint", "data_root", "algorithm", "eval", "device", "distributed"},
     "predict": {"checkpoint", "support", "query", "device"},
 }
 #: Nodes of each command checked against their constructors.

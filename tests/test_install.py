@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from packaging.version import Version
 
-from conftest import REPO
 from meta_cli.data.base import Episode, episode_rng
 from meta_cli.data.sampler import Affine, ClassSampler
 
@@ -103,8 +103,9 @@ def test_learn2learn_compiled_meta_dataset_samples_tasks():
     """learn2learn.data's Cython MetaDataset and Taskset (built by setup.sh) under numpy 2.
     MetaDataset's labels_to_indices is checked against a dict built here; each sampled task
     against the labels of the items it drew."""
-    from meta_cli._l2l import l2l  # noqa: F401 - registers learn2learn without its heavy __init__
     from learn2learn.data import meta_dataset, task_dataset, transforms
+
+    from meta_cli._l2l import l2l  # noqa: F401 - registers learn2learn without its heavy __init__
 
     assert Path(meta_dataset.__file__).suffix == ".so" and Path(task_dataset.__file__).suffix == ".so"
     labels = [2, 0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 3]

@@ -58,8 +58,9 @@ def _eval_episode(path: Path) -> tuple[Episode, torch.Tensor, float]:
     of the model eval rebuilds on it, and eval's accuracy on it."""
     device = {"_target_": "meta_cli.device.pick_device", "kind": "cpu"}
     evaluation = {"_target_": "meta_cli.evaluation.EvalSettings", "seed": SEED}
-    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "eval": evaluation,
-                                   "device": device})
+    distributed = {"_target_": "meta_cli.distributed.DistributedSettings"}
+    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "algorithm": {}, "eval": evaluation,
+                                   "device": device, "distributed": distributed})
     ((ways, shots, query),) = settings.settings(run.source)
     episode = run.source.episode(settings.split, INDEX, settings.seed, ways, shots, query)
     run.algorithm.eval()

@@ -18,7 +18,7 @@ from meta_cli.errors import UserError
 from meta_cli.evaluation import EvalSettings
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
-from meta_cli.validation import check_config, plain
+from meta_cli.validation import check_config, check_node, plain
 
 
 def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
@@ -30,6 +30,12 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     path = Path(config["checkpoint"]).expanduser().resolve()
     payload = checkpoint.load(path)
     trained = copy.deepcopy(payload["config"])
+    if config["algorithm"]:  # test-time settings only: the weights fix everything else
+        if "_target_" in config["algorithm"]:
+            raise UserError("eval takes the checkpoint's algorithm; give only its test-time keys, "
+                            "e.g. algorithm.test_adaptation_steps=10.")
+        trained["algorithm"].update(config["algorithm"])
+        check_node(trained["algorithm"], "algorithm")
     if config["data_root"] is not None and "root" in trained["dataset"]:  # sinusoid has no files
         trained["dataset"]["root"] = config["data_root"]
     trained["device"] = config["device"]
