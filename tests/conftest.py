@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,47 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+#: No test may run longer than this: a hung launcher or rank fails its test, never the suite.
+TEST_LIMIT_S = 420
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below pid, from /proc (ranks are grandchildren of a launcher)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def bounded_in_time():
+    """Fail a test that runs past TEST_LIMIT_S, and kill whatever processes it left behind."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"the test ran past {TEST_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +74,21 @@ def cli(tmp_path: Path, data_root: Path, cache_dir: Path):
     """Run `meta-cli ARGS` in a subprocess, in tmp_path, offline; returns CompletedProcess."""
 
     def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+            timeout: float = 360) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         full_env.update({"META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir), **(env or {})})
         exe = Path(sys.executable).with_name("meta-cli")
-        return subprocess.run([str(exe), *args], cwd=cwd or tmp_path, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+        # A session of its own, so a timeout kills the ranks a launcher started as well: they
+        # hold the pipes, and subprocess.run would wait on them forever.
+        proc = subprocess.Popen([str(exe), *args], cwd=cwd or tmp_path, env=full_env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"meta-cli {' '.join(args)} ran past {timeout} s:\n{err[-3000:]}")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     return run
 

@@ -169,17 +169,17 @@ def _start(tmp_path, data_root, cache_dir, *args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path: Path, seconds: float = 180) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline:
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert path.exists(), path
+    assert path.exists(), (path, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
 
 
 def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_dir, cli):
     proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2",
                   "distributed.timeout_s=30", "hydra.run.dir=run")
-    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json")
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json", proc)
     started = time.time()
     os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
@@ -197,7 +197,7 @@ def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_
 
 def test_a_two_process_run_resumes_on_one(tmp_path, data_root, cache_dir, cli):
     proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2", "hydra.run.dir=run")
-    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json")
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -219,6 +219,8 @@ def test_a_slurm_job_of_several_tasks_is_one_rank_per_task(monkeypatch):
     import meta_cli.job  # noqa: F401 - registers the meta_cli.rank0 resolver
     from meta_cli import distributed
 
+    # submitit exports into os.environ itself: a copy keeps its RANK=1 from every later test
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
