@@ -3,7 +3,8 @@ torch's elastic launcher (exactly `torchrun --standalone --nproc_per_node=N -m m
 and every rank of a torchrun/SLURM launch agrees with rank 0 on the run dir before Hydra runs.
 
 Rank 0 alone makes the run dir and writes into it; the other ranks run the same Hydra job
-with `hydra.output_subdir=null` and no log file, so they write nothing. Under torchrun with
+and write nothing (conf/train.yaml's `meta_cli.rank0` resolver gives them no .hydra/ and no
+log file). Under torchrun with
 `--max-restarts`, a restarted group finds its run dir again (rank 0 records it by the
 launch's run id in `<outputs>/.elastic/`) and resumes from its newest checkpoint.
 """
@@ -18,8 +19,10 @@ from typing import Any
 
 from meta_cli.errors import UserError
 
-#: Hydra overrides of ranks > 0: they share rank 0's run dir and write nothing into it.
-QUIET = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+#: Hydra overrides of ranks > 0, which share rank 0's run dir: their log lines would repeat
+#: rank 0's. (Their .hydra/ and log file are rank 0's alone through conf/train.yaml's
+#: meta_cli.rank0 resolver, which SLURM tasks need too.)
+QUIET = ["hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
 
 
 def processes(configs: list[dict[str, Any]], launcher: str | None) -> int:
