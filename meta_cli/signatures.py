@@ -131,10 +131,17 @@ def _resolve_name(module: str, name: str, depth: int = 0) -> Any:
 
 
 def _is_module(name: str) -> bool:
+    """Whether name is a module, found on disk: importing it (or find_spec, which imports
+    its parent) would load torch into the pre-flight."""
+    parent, _, leaf = name.rpartition(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(parent)
     except (ImportError, ValueError):
         return False
+    if spec is None or not spec.submodule_search_locations:
+        return False  # the parent is a module: name is an attribute of it
+    return any((Path(folder) / f"{leaf}.py").is_file() or (Path(folder) / leaf / "__init__.py").is_file()
+               for folder in spec.submodule_search_locations)
 
 
 class _ModuleRef:
