@@ -32,12 +32,24 @@ def processes(configs: list[dict[str, Any]], launcher: str | None) -> int:
         raise UserError(f"distributed.processes takes one value for the whole command line (got "
                         f"{sorted(asked, key=str)}): a sweep's jobs share the processes it launches.")
     n = asked.pop() if asked else 1
+    if n != 1 and any(_is_rl(c) for c in configs):
+        if n != "auto":
+            raise UserError(f"meta-RL runs in one process (its outer step is TRPO's line search over the "
+                            f"whole meta-batch); set distributed.processes=1, not {n}.")
+        n = 1
     if n == "auto":
         n = min(_devices(configs[0]), *(c["train"]["meta_batch_size"] for c in configs if "train" in c))
     if n > 1 and launcher in ("joblib", "ray"):
         raise UserError(f"hydra/launcher={launcher} runs one process per job; distributed.processes={n} "
                         f"is for the basic launcher, or submitit_slurm with tasks_per_node.")
     return int(n)
+
+
+def _is_rl(config: dict[str, Any]) -> bool:
+    from hydra.utils import get_class
+
+    target = config.get("dataset", {}).get("_target_")
+    return target is not None and getattr(get_class(target), "task", None) == "rl"
 
 
 def _devices(config: dict[str, Any]) -> int:
@@ -81,7 +93,10 @@ def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
         run(launch)
     except ChildFailedError as exc:  # the ranks printed their one line; pass on the exit code
         codes = [f.exitcode for f in exc.failures.values()]
-        return next((c for c in codes if c in (130, 143)), max(codes, key=abs) if codes else 1) or 1
+        stopped = [c for c in codes if c in (130, 143)]
+        own = [c for c in codes if c > 0]
+        killed = [-c for c in codes if c < 0]  # ranks the launcher killed: -signal
+        return stopped[0] if stopped else max(own) if own else 128 + killed[0] if killed else 1
     except SignalException as exc:  # Ctrl-C or SIGTERM to this launcher: the ranks stopped cleanly
         return 128 + int(exc.sigval)
     return 0
