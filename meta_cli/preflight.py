@@ -31,13 +31,15 @@ MAX_COMBINATIONS = 256
 # Hydra flags that take a value.
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+#: Hydra's --info takes an optional value, one of these.
+INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     """A command line's Hydra flags (with their values) and its overrides."""
     flags, overrides, value = [], [], False
-    for a in args:
-        if value:
+    for i, a in enumerate(args):
+        if value or (a in INFO_VALUES and i > 0 and args[i - 1] in ("--info", "-i")):
             flags.append(a)
             value = False
         elif a.startswith("-"):
