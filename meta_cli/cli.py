@@ -27,9 +27,10 @@ COMMANDS = {
 }
 USAGE = """usage: meta-cli <command> [-m] [key=value ...] [hydra options]
 
-Few-shot meta-learning experiments on learn2learn, configured with Hydra: optimisation-based
-(MAML, first-order MAML, Meta-SGD, ANIL, Reptile) and metric-based (ProtoNet, MetaOptNet,
-Matching Networks) learners.
+Meta-learning experiments on learn2learn, configured with Hydra: metric-based (Siamese,
+ProtoNet, Matching Networks, MetaOptNet), optimisation-based (MAML, first-order MAML, Meta-SGD,
+ANIL, Reptile), model- and memory-based (MANN, Meta-LSTM) learners, pre-training with
+test-time heads, and meta-RL (MAML-TRPO) on Gymnasium tasks.
 
 commands:
 {commands}

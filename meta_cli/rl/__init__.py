@@ -1,4 +1,4 @@
-"""Meta-reinforcement learning (issue 26): task distributions on Gymnasium, MAML-TRPO/PPO and
+"""Meta-reinforcement learning: task distributions on Gymnasium, MAML-TRPO/PPO and
 its baselines. One concern per module:
 
 - tasks.py: the `dataset` group's RL options (task streams, horizon, trajectories, gamma)

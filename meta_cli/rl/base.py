@@ -57,8 +57,6 @@ class RLAlgorithm(nn.Module):
 
     injected = ("source",)
     tasks: tuple[str, ...] = ("rl",)
-    #: False: the algorithm has nothing to meta-train (the engine can go straight to the test).
-    trainable = True
 
     def __init__(
         self,

@@ -1,9 +1,8 @@
 """Baseline: adaptation from a random initialisation (no meta-training).
 
 The policy keeps its seeded initial weights; at test time it adapts with the same inner loop
-as MAML. `trainable = False` tells the engine there is nothing to meta-train; `meta_step` still
-works (it samples and adapts, and updates nothing), so that a run's metrics.csv shows the
-returns a learner without meta-training starts from and reaches.
+as MAML. Its `meta_step` samples and adapts, and updates nothing, so that a run's metrics.csv
+shows the returns a learner without meta-training starts from and reaches.
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from meta_cli.rl.tasks import RLTask
 
 
 class RandomInitRL(RLAlgorithm):
-    trainable = False
 
     @torch.enable_grad()
     def meta_step(self, tasks: list[RLTask], iteration: int, seed: int) -> dict[str, float]:
