@@ -87,8 +87,9 @@ def test_mann_predict_labels_files_as_eval_labels_the_episode(trained, cli, tmp_
     """A test episode written to files: `meta-cli predict` gives each query the class the model's
     meta-test logits give it (MANN answers each query in its own step, so the set does not matter)."""
     path = trained["mann"] / "checkpoints" / "best.pt"
-    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "device": {
-        "_target_": "meta_cli.device.pick_device", "kind": "cpu"}, "eval": {"_target_": "meta_cli.evaluation.EvalSettings"}})
+    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "algorithm": {}, "device": {
+        "_target_": "meta_cli.device.pick_device", "kind": "cpu"}, "eval": {"_target_": "meta_cli.evaluation.EvalSettings"},
+        "distributed": {"_target_": "meta_cli.distributed.DistributedSettings"}})
     episode = run.source.episode("test", 0, 0, 5, 1, 2)
     with torch.no_grad():
         expected = run.algorithm.eval().query_logits(episode).argmax(1).tolist()

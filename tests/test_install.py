@@ -66,7 +66,11 @@ def _train_one_step(algorithm: torch.nn.Module, episode: Episode) -> None:
     """The engine's step: meta-objective, backward, the algorithm's own outer optimizer."""
     before = [p.detach().clone() for p in algorithm.parameters()]
     optimizer = algorithm.meta_optimizer(1e-3)
-    objective, loss, accuracy = algorithm.meta_objective(episode)
+    if algorithm.learns_from == "batches":  # pretrain: a mini-batch of (image, class)
+        loss, accuracy = algorithm.batch_loss(episode.support, episode.support_labels)
+        objective = loss
+    else:
+        objective, loss, accuracy = algorithm.meta_objective(episode)
     objective.backward()
     optimizer.step()
     assert math.isfinite(loss.item())
@@ -89,8 +93,14 @@ def test_every_algorithm_trains_one_step(name):
     if "classification" in cls.tasks:
         episode = _classification_episode()
         backbone = instantiate(_node(CONF / "backbone" / "conv4_pool.yaml", hidden=8), input_shape=(1, 28, 28))
+        extra = {"classes": 3} if "classes" in cls.injected else {}
         _train_one_step(instantiate(node, backbone=backbone, task="classification", outputs=3,
-                                    _convert_="all"), episode)
+                                    _convert_="all", **extra), episode)
+    if "rl" in cls.tasks:  # one meta-step on two short navigation tasks
+        source = instantiate(_node(CONF / "dataset" / "navigation2d.yaml", horizon=10, trajectories=2))
+        algorithm = instantiate(node, source=source, _convert_="all")
+        metrics = algorithm.meta_step(source.tasks("train", range(2), 0), 0, 0)
+        assert all(math.isfinite(metrics[k]) for k in ("return_pre", "return_post"))
     if "regression" in cls.tasks:
         source = instantiate(_node(CONF / "dataset" / "sinusoid.yaml"))
         episode = source.episode("train", 0, 0, 1, 5, 5)

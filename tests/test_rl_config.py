@@ -13,7 +13,10 @@ RL_FILES = [("dataset", n) for n in ("navigation2d", "halfcheetah_dir", "halfche
 
 
 def node(group: str, name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    """The option's node as Hydra composes it: its defaults list is not a key of the node."""
+    config = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    config.pop("defaults", None)
+    return config
 
 
 @pytest.mark.parametrize("group,name", RL_FILES)
@@ -39,11 +42,11 @@ def test_an_unknown_outer_step_is_refused():
         check_node(config, "algorithm")
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "tuned").glob("*.yaml")
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "preset").glob("*.yaml")
                                           if p.stem.startswith(("maml_trpo_", "pretrain_rl_"))))
 def test_the_rl_presets_set_existing_keys(preset):
     algorithm = "maml_trpo" if preset.startswith("maml_trpo_") else "pretrain_rl"
-    overrides = OmegaConf.to_container(OmegaConf.load(CONF / "tuned" / f"{preset}.yaml"))
+    overrides = OmegaConf.to_container(OmegaConf.load(CONF / "preset" / f"{preset}.yaml"))
     check_node({**node("algorithm", algorithm), **overrides.get("algorithm", {})}, "algorithm")
     assert set(overrides) <= {"algorithm", "train", "dataset"}
     assert set(overrides.get("train", {})) <= {"meta_batch_size", "iterations"}
