@@ -74,3 +74,14 @@ def test_yaml_defaults_are_the_constructors(file, path, node):
             assert value is None, (file, path, key)  # required: the user gives it (image_folder's root)
             continue
         assert _same(value, default), (file, path, key, value, default)
+
+
+def test_the_configuration_reference_is_current():
+    """docs/configuration.md's key tables are what scripts/config_reference.py makes of conf/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    assert reference.generate() in (REPO / "docs" / "configuration.md").read_text(), \
+        "run: .venv/bin/python scripts/config_reference.py --write"
