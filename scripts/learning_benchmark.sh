@@ -19,10 +19,14 @@ run() {  # name, overrides...
 }
 shift $(( $# > 0 ? 1 : 0 ))
 jobs=("$@")
-[ ${#jobs[@]} -gt 0 ] || jobs=(protonet maml fomaml metasgd anil reptile metaoptnet matchingnet sinusoid)
+[ ${#jobs[@]} -gt 0 ] || jobs=(protonet maml fomaml metasgd anil reptile metaoptnet matchingnet siamese mann meta_lstm sinusoid)
 for name in "${jobs[@]}"; do
   if [ "$name" = sinusoid ]; then run sinusoid dataset=sinusoid
-  else run "$name" algorithm="$name" dataset=omniglot; fi
+  else
+    # the presets of these are sized for one single-threaded process per core (conf/preset/)
+    case $name in fomaml|metasgd|anil|reptile|mann|meta_lstm) procs=auto ;; *) procs=1 ;; esac
+    run "$name" algorithm="$name" dataset=omniglot distributed.processes=$procs
+  fi
 done
 
 .venv/bin/python - "$out" <<'PY'
