@@ -115,16 +115,25 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
     overrides = split_args(args)[1]
     launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), None)
     processes = launch.processes([j.config for j in jobs], launcher) if not distributed.launched() else 1
+    fault = None
     if world.main:  # the other ranks would only repeat its checks (and its messages)
-        app = importlib.import_module(COMMANDS[command][0])
-        cache: dict[str, Any] = {}
-        for job in jobs:
-            check(job, lambda config: app.precheck(config, cache))
-        check_writable(overrides, multirun)
-        resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
-        if command == "train" and processes == 1 and any(o.startswith("resume=") for o in overrides) and resumed:
-            # Before Hydra rewrites <run>/.hydra: a run dir another process trains in is refused here.
-            lock.acquire(Path(resumed[-1]))
+        try:
+            app = importlib.import_module(COMMANDS[command][0])
+            cache: dict[str, Any] = {}
+            for job in jobs:
+                check(job, lambda config: app.precheck(config, cache))
+            check_writable(overrides, multirun)
+            resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
+            if command == "train" and processes == 1 and any(o.startswith("resume=") for o in overrides) and resumed:
+                # Before Hydra rewrites <run>/.hydra: a run dir another process trains in is refused here.
+                lock.acquire(Path(resumed[-1]))
+        except UserError as exc:
+            fault = str(exc)
+    # Under torchrun, the other ranks wait for rank 0's verdict: had they gone on, Hydra would
+    # have made the run dir of a run that rank 0 refused.
+    fault = world.broadcast(fault)
+    if fault is not None:
+        raise UserError(fault)
     return args, processes
 
 

@@ -235,3 +235,16 @@ def test_a_slurm_job_of_several_tasks_is_one_rank_per_task(monkeypatch):
     assert (config.a, config.b) == (None, "/dev/null")
     monkeypatch.setenv("RANK", "0")
     assert (config.a, config.b) == (".hydra", "x.log")
+
+
+def test_under_torchrun_a_refused_run_makes_no_run_dir(tmp_path, cache_dir):
+    """Rank 0's pre-flight verdict reaches every rank: none goes on into Hydra, which would
+    make the run dir of a run that rank 0 refused."""
+    env = {**os.environ, "META_CLI_DATA": str(tmp_path / "nowhere"), "META_CLI_CACHE": str(cache_dir),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "meta_cli", "train", "algorithm=fomaml", "dataset.download=false"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert "meta-cli: error: Omniglot files missing" in result.stderr
+    assert not (tmp_path / "outputs").exists()
