@@ -22,7 +22,7 @@ from pathlib import Path
 
 SETTINGS = {  # name: overrides (each on Omniglot 5w1s, a meta-batch of 16 tasks)
     "fomaml (l2l loop)": ["algorithm=fomaml", "algorithm.backend=l2l"],
-    "maml, second order (vmap)": ["algorithm=maml", "algorithm.backend=vmap"],
+    "maml second-order (vmap)": ["algorithm=maml", "algorithm.backend=vmap"],
     "protonet": ["algorithm=protonet"],
 }
 
