@@ -206,6 +206,10 @@ def main() -> None:
             raise
         print("meta-cli: interrupted.", file=sys.stderr)
         code = 130
+    finally:
+        from meta_cli import distributed
+
+        distributed.close()
     raise SystemExit(code)
 
 

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, Sequence
 
@@ -101,7 +102,7 @@ class World:
         try:
             yield
         except (RuntimeError, ValueError) as exc:  # gloo/NCCL: a peer closed, a timeout
-            first = " ".join(str(exc).split())[:160]
+            first = textwrap.shorten(str(exc), width=160, placeholder=" ...")
             raise RankLost(f"rank {self.rank} of {self.size}: another rank died or did not answer within "
                            f"distributed.timeout_s={self.timeout_s:g} s during {what} ({first}); the "
                            f"checkpoints committed so far are intact: resume the run.") from None
@@ -220,6 +221,20 @@ def init(settings: DistributedSettings, device_kind: str) -> World:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=settings.timeout_s))
     _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank, settings.timeout_s)
     return _WORLD
+
+
+def close() -> None:
+    """Leave the process group before the interpreter exits. Left to static destructors, gloo's
+    threads can abort a rank that finished its work (`terminate called without an active
+    exception`, exit 134 through the launcher)."""
+    global _WORLD
+    if _WORLD.size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = World()
 
 
 def check_same_config(world: World, config: dict[str, Any]) -> None:
