@@ -83,8 +83,11 @@ def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     if not any(a.startswith(key) for a in args):  # one run dir for every rank, and for restarts
         args = [*args, key + run_dir_default(multirun)]
-    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the launcher's own chatter
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The launcher's own chatter ("Received 15 death signal, shutting down workers"): torch's
+    # elastic modules give each logger its own level, so the parent's alone would not hold.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # One intra-op thread per core each (torchrun would set 1 whatever the cores).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // n)))
     launch = get_args_parser().parse_args(
