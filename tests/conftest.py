@@ -12,6 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "datasets"
 
+# pytest-xdist runs one test per worker at once; torch's default of one intra-op thread per core
+# in each would put workers x cores threads on the cores, and OpenMP threads spin while they wait.
+# Set before torch is imported, so it holds here and in every meta-cli the tests start.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 #: No test may run longer than this: a hung launcher or rank fails its test, never the suite.
 TEST_LIMIT_S = 420
 

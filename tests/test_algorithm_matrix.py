@@ -24,6 +24,7 @@ def _sweep(tmp_path: Path) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_every_classifier_trains_and_evaluates(cli, tmp_path):
     """On conv4_pool, which every classifier takes (tests/test_backbones.py runs the others)."""
     result = cli("train", "-m", f"algorithm={','.join(CLASSIFIERS)}", "backbone=conv4_pool",

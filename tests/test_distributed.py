@@ -35,6 +35,7 @@ def test_shares_are_contiguous_and_cover_every_number():
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_as_one(cli, tmp_path):
     """distributed.processes=2: rank 0 alone writes; the learning curve is one process's up to
     float rounding; eval of its best.pt on 2 processes gives exactly the one-process files."""
@@ -176,6 +177,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 180) -> None:
     assert path.exists(), (path, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
 
 
+@pytest.mark.slow
 def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_dir, cli):
     proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2",
                   "distributed.timeout_s=30", "hydra.run.dir=run")
@@ -195,6 +197,7 @@ def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_
     assert iterations == sorted(set(iterations)) and iterations[-1] == 60
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_on_one(tmp_path, data_root, cache_dir, cli):
     proc = _start(tmp_path, data_root, cache_dir, *LONG, "distributed.processes=2", "hydra.run.dir=run")
     _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json", proc)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_dirs
 
@@ -71,6 +72,7 @@ def test_sinusoid_train_then_eval_reproduces(cli, tmp_path):
     assert "sinusoid" in stdout
 
 
+@pytest.mark.slow
 def test_same_seed_same_training(cli, tmp_path):
     first = _train(cli, tmp_path / "a", *TINY_SINUSOID, "seed=3")
     second = _train(cli, tmp_path / "b", *TINY_SINUSOID, "seed=3")
@@ -83,6 +85,7 @@ def test_same_seed_same_training(cli, tmp_path):
     assert losses(first) != losses(third)
 
 
+@pytest.mark.slow
 def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path, data_root):
     run = _train(cli, tmp_path, *TINY_OMNIGLOT)
     _check_run_files(run)
@@ -111,6 +114,7 @@ def test_omniglot_maml_train_eval_checkpoint(cli, tmp_path, data_root):
     assert rows[0]["loss"] != row["loss"]  # another eval seed draws other episodes
 
 
+@pytest.mark.slow
 def test_protonet_evaluates_other_ways(cli, tmp_path):
     run = _train(cli, tmp_path, "algorithm=protonet", "backbone=conv4_pool", *TINY_OMNIGLOT)
     evaluated, stdout = _eval(cli, tmp_path, run / "checkpoints" / "best.pt",
@@ -121,6 +125,7 @@ def test_protonet_evaluates_other_ways(cli, tmp_path):
     assert "protonet" in stdout
 
 
+@pytest.mark.slow
 def test_two_job_multirun(cli, tmp_path):
     result = cli("train", "-m", "algorithm=maml,protonet", *TINY_OMNIGLOT)
     assert result.returncode == 0, result.stderr[-3000:]

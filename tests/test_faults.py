@@ -71,6 +71,7 @@ def test_run_dir_under_a_file(cli, tmp_path):
     assert "cannot write the run dir" in line and "hydra.run.dir=PATH" in line
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_full_disk_while_saving(tmp_path, data_root, cache_dir):
     """A 128 KiB file system fills up at the second checkpoint of a real run."""

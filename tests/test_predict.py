@@ -99,6 +99,7 @@ def _expected(logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     return [_class_name(i) for i in best.tolist()], logits.softmax(dim=1).gather(1, best[:, None])[:, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])
 def test_cli_predict_equals_eval_on_the_same_episode(algorithm, checkpoints, cli, tmp_path, monkeypatch,
                                                      cache_dir):

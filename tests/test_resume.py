@@ -108,6 +108,7 @@ KILLS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill,how", KILLS, ids=[k for k, _ in KILLS])
 def test_sigkill_then_resume_equals_uninterrupted(cli, tmp_path, killer, reference, kill, how):
     env = {"PYTHONPATH": str(killer), "KILL_AT": kill}
@@ -125,6 +126,7 @@ def test_sigkill_then_resume_equals_uninterrupted(cli, tmp_path, killer, referen
     assert len(list((tmp_path / "run" / "checkpoints").glob("step-*.pt"))) == 3  # keep_checkpoints
 
 
+@pytest.mark.slow
 def test_conv_network_on_omniglot_resumes_bit_for_bit(cli, tmp_path, killer):
     """Convolutions and batch norm on real Omniglot, ProtoNet: the same after a kill."""
     run = ["algorithm=protonet", "train.iterations=30", "train.val_every=15", "train.ways=5",
@@ -236,6 +238,7 @@ def test_a_second_ctrl_c_waits_for_the_checkpoint_commit(cli, tmp_path, killer, 
     _assert_same(_state(tmp_path / "run"), reference)
 
 
+@pytest.mark.slow
 def test_a_run_dir_with_only_an_uncommitted_checkpoint_says_what_to_do(cli, tmp_path, killer, reference):
     result = cli("train", *RUN, "hydra.run.dir=run",
                  env={"PYTHONPATH": str(killer), "KILL_AT": "replace:step-0000020.json:1"})
@@ -251,6 +254,7 @@ def test_a_run_dir_with_only_an_uncommitted_checkpoint_says_what_to_do(cli, tmp_
     _assert_same(_state(tmp_path / "run"), reference)
 
 
+@pytest.mark.slow
 def test_overrides_are_not_repeated_by_resuming(cli, tmp_path, reference):
     assert cli("train", *RUN, "hydra.run.dir=run").returncode == 0
     for _ in range(2):

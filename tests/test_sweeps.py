@@ -80,6 +80,7 @@ def test_report_prints_the_table_and_writes_the_plots(cli, failed_sweep):
     assert (sweep / "summary.csv").read_text() == before
 
 
+@pytest.mark.slow
 def test_report_aggregates_seeds(cli, tmp_path):
     result = cli("train", "-m", *SMALL, "seed=0,1", "train.meta_batch_size=5,10")
     assert result.returncode == 0, result.stderr
@@ -97,6 +98,7 @@ def test_report_aggregates_seeds(cli, tmp_path):
         assert f"{mean:.4f}" in row and f"{std:.4f}" in row
 
 
+@pytest.mark.slow
 def test_report_of_an_interrupted_sweep(cli, tmp_path, killer):
     """SIGKILL the whole sweep during its second job; report still works and counts it."""
     result = cli("train", "-m", *SMALL, "seed=0,1,2",
@@ -130,6 +132,7 @@ def test_report_bad_path(cli, tmp_path):
     assert result.returncode == 1 and "holds no meta-cli runs" in result.stderr
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_jobs_in_parallel(cli, tmp_path):
     result = cli("train", "-m", "hydra/launcher=joblib", *SMALL, "train.iterations=200", "seed=0,1")
     assert result.returncode == 0, result.stderr
