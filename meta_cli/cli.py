@@ -206,10 +206,9 @@ def main() -> None:
             raise
         print("meta-cli: interrupted.", file=sys.stderr)
         code = 130
-    finally:
-        from meta_cli import distributed
+    from meta_cli import distributed
 
-        distributed.close()
+    distributed.finish(code)  # a rank of a launch leaves here
     raise SystemExit(code)
 
 

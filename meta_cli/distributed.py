@@ -17,7 +17,9 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, Sequence
@@ -223,18 +225,23 @@ def init(settings: DistributedSettings, device_kind: str) -> World:
     return _WORLD
 
 
-def close() -> None:
-    """Leave the process group before the interpreter exits. Left to static destructors, gloo's
-    threads can abort a rank that finished its work (`terminate called without an active
-    exception`, exit 134 through the launcher)."""
-    global _WORLD
+def finish(code: int) -> None:
+    """End a rank of a launch with exit status `code`; nothing for a single process.
+
+    After a run that went well the ranks meet at a barrier, so none leaves while a peer still
+    reads from it; then the rank leaves without the interpreter's teardown, in which libtorch's
+    distributed threads can abort a rank whose work is done ("terminate called without an active
+    exception": the launcher then reports the whole run as failed). Everything the run wrote is
+    closed by then; the log handlers and stdio are flushed here."""
     if _WORLD.size == 1:
         return
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    _WORLD = World()
+    if code == 0:
+        with contextlib.suppress(RankLost):
+            _WORLD.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def check_same_config(world: World, config: dict[str, Any]) -> None:
