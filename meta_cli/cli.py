@@ -112,6 +112,8 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
             agreed = resume_args(agreed)
         if agreed != args:
             args, jobs = agreed, compose_jobs(command, split_args(agreed)[1])
+    if distributed.launched():  # before any rank goes into Hydra, which makes rank 0's run dir
+        distributed.check_same_config(world, [j.config for j in jobs])
     overrides = split_args(args)[1]
     launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), None)
     processes = launch.processes([j.config for j in jobs], launcher) if not distributed.launched() else 1
@@ -122,6 +124,7 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
             cache: dict[str, Any] = {}
             for job in jobs:
                 check(job, lambda config: app.precheck(config, cache))
+            launch.check_world([j.config for j in jobs], world.size if distributed.launched() else processes)
             check_writable(overrides, multirun)
             resumed = [o.split("=", 1)[1].strip("'\"") for o in overrides if o.startswith("hydra.run.dir=")]
             if command == "train" and processes == 1 and any(o.startswith("resume=") for o in overrides) and resumed:

@@ -244,7 +244,7 @@ def finish(code: int) -> None:
     os._exit(code)
 
 
-def check_same_config(world: World, config: dict[str, Any]) -> None:
+def check_same_config(world: World, config: Any) -> None:
     """Every rank must run the same experiment: compare a hash of the resolved config."""
     if world.size == 1:
         return
@@ -252,13 +252,7 @@ def check_same_config(world: World, config: dict[str, Any]) -> None:
     digests = world.gather([digest])
     odd = [rank for rank, d in enumerate(digests) if d != digests[0]]
     if odd:
-        raise UserError(f"ranks {', '.join(map(str, odd))} were started with another config than rank 0 "
+        raise UserError(f"rank{'s' if len(odd) > 1 else ''} {', '.join(map(str, odd))} "
+                        f"{'were' if len(odd) > 1 else 'was'} started with another config than rank 0 "
                         f"(config hash {digests[odd[0]][:12]} vs {digests[0][:12]}); start every rank "
                         f"with the same command line.")
-
-
-def check_share(world: World, meta_batch_size: int) -> None:
-    if meta_batch_size < world.size:
-        raise UserError(f"train.meta_batch_size={meta_batch_size} has fewer tasks than the {world.size} "
-                        f"processes that share each meta-batch; use fewer processes or a larger "
-                        f"meta-batch.")

@@ -41,6 +41,14 @@ BAD_TRAIN_INPUTS = [
     (["train.keep_checkpoints=0"], ["train.keep_checkpoints", ">= 1"]),
     (["algorithm=fomaml", "algorithm.compile=true"], ["algorithm.compile=true", "algorithm.backend=vmap"]),
     (["resume=no/such/run"], ["resume=", "no such run dir"]),
+    # torch.distributed: refused before any rank starts (the relaunch would make a run dir)
+    (["distributed.processes=0"], ["distributed.processes", ">= 1", "got 0"]),
+    (["distributed.processes=2", "train.meta_batch_size=1"], ["train.meta_batch_size=1", "2 processes"]),
+    (["algorithm=pretrain", "distributed.processes=2", "train.batch_size=1"], ["train.batch_size=1", "2 processes"]),
+    (["distributed.backend=nccl"], ["distributed.backend=nccl", "CUDA", "gloo"]),
+    (["distributed.backend=nccl", "distributed.processes=2"], ["distributed.backend=nccl", "gloo"]),
+    (["device=cuda", "distributed.processes=2"], ["device=cuda", "device=cpu"]),
+    (["train.workers=2"], ["train.workers is gone", "distributed.processes=N", "torchrun"]),
     (["-m", "resume=a,b"], ["resume= resumes one run"]),
 ]
 

@@ -241,6 +241,23 @@ def test_a_slurm_job_of_several_tasks_is_one_rank_per_task(monkeypatch):
     assert (config.a, config.b) == (".hydra", "x.log")
 
 
+def test_ranks_started_with_other_configs_are_refused(tmp_path, data_root, cache_dir):
+    """Two ranks of one launch with different command lines (seed=0, seed=1): one line from rank
+    0 naming the config hashes, exit 1 on both, and no run dir."""
+    exe = Path(sys.executable).with_name("meta-cli")
+    env = {**os.environ, "META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([str(exe), "train", "algorithm=fomaml", f"seed={rank}", "hydra.run.dir=run"],
+                              cwd=tmp_path, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=180) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [1, 1], outputs
+    (line,) = outputs[0][1].strip().splitlines()
+    assert line.startswith("meta-cli: error: rank 1 was started with another config than rank 0"), line
+    assert "config hash" in line and outputs[1][1].strip() == ""
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
 def test_under_torchrun_a_refused_run_makes_no_run_dir(tmp_path, cache_dir):
     """Rank 0's pre-flight verdict reaches every rank: none goes on into Hydra, which would
     make the run dir of a run that rank 0 refused."""
@@ -252,3 +269,22 @@ def test_under_torchrun_a_refused_run_makes_no_run_dir(tmp_path, cache_dir):
     assert result.returncode != 0
     assert "meta-cli: error: Omniglot files missing" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, capsys):
+    """OMP_NUM_THREADS set by the user is kept (as torchrun keeps it), with one warning when
+    the ranks' threads outnumber the cores."""
+    import torch.distributed.run
+
+    from meta_cli import launch
+
+    launched = []
+    monkeypatch.setattr(torch.distributed.run, "run", lambda args: launched.append(args))
+    monkeypatch.setattr(launch, "_cores", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert launch.relaunch("train", ["hydra.run.dir=x"], 2, False) == 0 and launched
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("meta-cli: warning: OMP_NUM_THREADS=2 gives 2 processes 4 threads on 2 cores")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    launch.relaunch("train", ["hydra.run.dir=x"], 2, False)
+    assert capsys.readouterr().err == ""

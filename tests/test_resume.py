@@ -288,6 +288,11 @@ def test_a_run_dir_that_still_trains_is_locked(cli, tmp_path, data_root, cache_d
         (line,) = refused.stderr.strip().splitlines()
         assert line.startswith("meta-cli: error: run dir") and "is in use" in line
         assert f"PID {proc.pid} on host {socket.gethostname()}" in line
+        # A relaunch of several processes is refused by its rank 0 the same way, with one line.
+        refused = cli("train", "resume=run", "distributed.processes=2")
+        assert refused.returncode == 1, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert "is in use" in line and f"PID {proc.pid}" in line
         assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in watched} == before
         beside = cli("eval", f"checkpoint={run / 'checkpoints' / 'step-0000020.pt'}", "eval.episodes=5")
         assert beside.returncode == 0, beside.stderr

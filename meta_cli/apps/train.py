@@ -11,7 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from meta_cli import __version__, build, checkpoint, distributed, init, presets, resume
+from meta_cli import __version__, build, checkpoint, distributed, init, launch, presets, resume
 from meta_cli.apps.common import meta_test
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
@@ -42,8 +42,8 @@ def train(cfg: DictConfig) -> float | None:
         # Its small matrix products gain nothing from threads, and a run repeats bit for bit
         # only at the thread count it started with.
         torch.set_num_threads(1)
-    distributed.check_share(world, settings.batch_size if settings.batch_size is not None
-                            else settings.meta_batch_size)
+    # The pre-flight checked this for launches it knows the size of; a SLURM job's ranks learn it here.
+    launch.check_world([config], world.size)
     out = run_dir()
     resumed = resume.find(config["resume"], out)
     source, algorithm = run.source.to(run.device), run.algorithm.to(run.device)
