@@ -205,3 +205,8 @@ def test_a_failed_download_leaves_no_folder_behind(cli, tmp_path):
                                f"data_root={tmp_path / 'nowhere'}", env=offline))
     assert "data_root=" in line and "META_CLI_DATA" in line
     assert not (tmp_path / "nowhere").exists()
+    # eval honours META_CLI_DATA as train does (over the checkpoint's own dataset.root)
+    line = _one_error_line(cli("eval", f"checkpoint={tmp_path / 'omni' / 'checkpoints' / 'best.pt'}",
+                               env={**offline, "META_CLI_DATA": str(tmp_path / "elsewhere")}))
+    assert str(tmp_path / "elsewhere" / "omniglot") in line
+    assert not (tmp_path / "elsewhere").exists()
