@@ -53,7 +53,7 @@ def check_world(configs: list[dict[str, Any]], size: int) -> None:
         if backend == "nccl":
             from meta_cli.device import pick_device
 
-            if pick_device(config["device"]["kind"]).type != "cuda":
+            if pick_device(config.get("device", {}).get("kind", "auto")).type != "cuda":
                 raise UserError("distributed.backend=nccl needs CUDA GPUs and this job runs on the CPU "
                                 "(no GPU is visible, or device=cpu); use distributed.backend=gloo or auto.")
         train = config.get("train")
