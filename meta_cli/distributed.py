@@ -214,15 +214,20 @@ def init(settings: DistributedSettings, device_kind: str) -> World:
     backend = settings.backend
     if backend == "auto":
         backend = "nccl" if device_kind == "cuda" else "gloo"
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise UserError("distributed.backend=nccl needs CUDA GPUs and none is visible; use "
-                        "distributed.backend=gloo (or auto) on CPUs.")
+    check_backend(backend, device_kind)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=settings.timeout_s))
     _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank, settings.timeout_s)
     return _WORLD
+
+
+def check_backend(backend: str, device_kind: str) -> None:
+    """NCCL reduces CUDA tensors only: refuse it for a job that runs on the CPU."""
+    if backend == "nccl" and device_kind != "cuda":
+        raise UserError("distributed.backend=nccl needs CUDA GPUs and this job runs on the CPU "
+                        "(no GPU is visible, or device=cpu); use distributed.backend=gloo or auto.")
 
 
 def finish(code: int) -> None:

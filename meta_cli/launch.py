@@ -48,22 +48,22 @@ def processes(configs: list[dict[str, Any]], launcher: str | None) -> int:
 def check_world(configs: list[dict[str, Any]], size: int) -> None:
     """Refusals that depend on the processes a run gets, made in the pre-flight: had the ranks
     found them, Hydra would already have made the run dir of a run that cannot start."""
+    from meta_cli.distributed import check_backend
+
     for config in configs:
-        backend = config.get("distributed", {}).get("backend")
-        if backend == "nccl":
+        if config.get("distributed", {}).get("backend") == "nccl":
             from meta_cli.device import pick_device
 
-            if pick_device(config.get("device", {}).get("kind", "auto")).type != "cuda":
-                raise UserError("distributed.backend=nccl needs CUDA GPUs and this job runs on the CPU "
-                                "(no GPU is visible, or device=cpu); use distributed.backend=gloo or auto.")
+            check_backend("nccl", pick_device(config.get("device", {}).get("kind", "auto")).type)
         train = config.get("train")
         if train is None or size == 1:
             continue
         key = "batch_size" if train.get("batch_size") is not None else "meta_batch_size"
+        items, batch = ("images", "batch") if key == "batch_size" else ("tasks", "meta-batch")
         if train[key] < size:
-            raise UserError(f"train.{key}={train[key]} has fewer {'images' if key == 'batch_size' else 'tasks'} "
-                            f"than the {size} processes that share each {'batch' if key == 'batch_size' else 'meta-batch'}; "
-                            f"use fewer processes (distributed.processes) or a larger train.{key}.")
+            raise UserError(f"train.{key}={train[key]} has fewer {items} than the {size} processes that "
+                            f"share each {batch}; use fewer processes (distributed.processes) or a larger "
+                            f"train.{key}.")
 
 
 def _is_rl(config: dict[str, Any]) -> bool:
@@ -111,11 +111,11 @@ def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     # One intra-op thread per core each (torchrun would set 1 whatever the cores).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // n)))
-    threads = os.environ["OMP_NUM_THREADS"]
-    if threads.isdigit() and int(threads) * n > _cores():
+    threads, cores = os.environ["OMP_NUM_THREADS"], _cores()
+    if threads.isdigit() and int(threads) * n > cores:
         # Measured on 2 cores: 2 ranks of 2 threads ran first-order MAML 5x slower than of 1.
-        warn(f"OMP_NUM_THREADS={threads} gives {n} processes {int(threads) * n} threads on {_cores()} "
-             f"cores, and their threads will wait on each other; unset it or set it to {max(1, _cores() // n)}.")
+        warn(f"OMP_NUM_THREADS={threads} gives {n} processes {int(threads) * n} threads on {cores} "
+             f"cores, and their threads will wait on each other; unset it or set it to {max(1, cores // n)}.")
     launch = get_args_parser().parse_args(
         ["--standalone", f"--nproc_per_node={n}", "--module", "meta_cli", command, *args])
     try:
