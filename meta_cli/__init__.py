@@ -4,17 +4,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from meta_cli.predict import Learner
+    from meta_cli.apps.learner import Learner
 
 __version__ = "0.1.0"
 
 
 def load(checkpoint: Any, device: Any = "auto") -> "Learner":
     """The learner saved in `checkpoint` (a .pt written by `meta-cli train`), ready for
-    `.predict(support, support_labels, query)`; see `meta_cli.predict`.
+    `.predict(support, support_labels, query)`; see `meta_cli.apps.learner`.
 
     Imported on first use: `import meta_cli` stays free of torch and Hydra.
     """
-    from meta_cli.predict import load as _load
+    from meta_cli.apps.learner import load as _load
 
     return _load(checkpoint, device)

@@ -1,4 +1,4 @@
-"""Range markers for constructor type hints, read by `meta_cli.validation`.
+"""Range markers for constructor type hints, read by `meta_cli.config.validation`.
 
 A config node maps onto a constructor through `_target_`; its parameters carry their
 allowed range in the hint, e.g. ``fast_lr: Annotated[float, Gt(0)]``.

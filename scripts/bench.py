@@ -3,7 +3,7 @@
 For each setting, on the same episodes and the same initial weights:
   reference  the loop of learn2learn's examples/vision/maml_omniglot.py (clone, adapt per task,
              query loss backward, gradients scaled by 1/meta-batch, Adam), on pre-drawn episodes;
-  meta-cli   Trainer.meta_step (episodes sampled on the fly from the tensor on the device), with
+  meta-cli   the Episodes regime's step (episodes sampled on the fly from the tensor on the device), with
              algorithm.backend=l2l (the default) and backend=vmap (torch.func; MAML only); with
              --compile also backend=vmap with algorithm.compile=true (torch.compile).
 Prints tasks/s (median of --repeats timings of --steps meta-steps after --warmup; the contenders
@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from meta_cli import allocator
+from meta_cli.runtime import allocator
 from meta_cli._l2l import l2l
 from meta_cli.algorithms.maml import MAML
 from meta_cli.algorithms.protonet import ProtoNet
 from meta_cli.data.base import Episode, TaskSource, episode_rng
 from meta_cli.data.omniglot import Omniglot
-from meta_cli.loop import Trainer, TrainSettings
+from meta_cli.engine.regimes.episodes import Episodes
+from meta_cli.engine.settings import TrainSettings
 from meta_cli.models.conv4 import Conv4
 
 DATA = Path(os.environ.get("META_CLI_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -190,14 +191,15 @@ def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
         backends.append(("vmap", True))
     for backend, compile in backends:
         _, engine_model, _ = make(setting, backend, device, compile)
-        trainer = Trainer(engine_model, source, settings, Path("."), seed=0, saved={})
+        regime = Episodes(engine_model, source)
+        regime.start(settings, 0, bf16=False)
         name = f"meta-cli backend={backend}" + (" compile=true" if compile else "")
         if compile:  # the compilation itself is not timed, but reported
             start = time.perf_counter()
-            trainer.meta_step(1)
+            regime.step(1)
             sync(device)
             print(f"({setting}: compiling took {time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        contenders.append((name, lambda i, t=trainer: t.meta_step(i + 1)))
+        contenders.append((name, lambda i, r=regime: r.step(i + 1)))
     sample = lambda i: [source.episode("train", i * batch + t, 0, ways, shots, query)  # noqa: E731
                         for t in range(batch)]
     seconds = timed([step for _, step in contenders] + [sample], args.steps, args.warmup, args.repeats, device)

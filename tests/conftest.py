@@ -118,12 +118,14 @@ def algorithm_class(name: str):
     return get_object(yaml.safe_load((REPO / "conf" / "algorithm" / f"{name}.yaml").read_text())["_target_"])
 
 
-def algorithms(task: str, learns_from: str = "episodes") -> list[str]:
-    """The algorithm options that learn `task` ("classification", "regression", "rl"), from
-    episodes or from mini-batches."""
+def algorithms(task: str, regime: str = "episodes") -> list[str]:
+    """The algorithm options that learn `task` ("classification", "regression", "rl") in the
+    regime named `regime` ("episodes", "batches", "rollouts", ...)."""
+    from meta_cli.engine.regimes.base import regime_of
+
     found = []
     for name in config_options("algorithm"):
         cls = algorithm_class(name)
-        if task in cls.tasks and getattr(cls, "learns_from", "episodes") == learns_from:
+        if task in cls.tasks and regime_of(cls).name == regime:
             found.append(name)
     return found

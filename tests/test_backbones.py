@@ -19,7 +19,7 @@ from meta_cli.errors import UserError
 from meta_cli.models.conv4 import Conv4
 from meta_cli.models.resnet12 import ResNet12
 from meta_cli.models.wrn28 import WRN28
-from meta_cli.validation import check_node
+from meta_cli.config.validation import check_node
 
 SHAPES = [(3, 84, 84), (3, 32, 32), (1, 28, 28)]
 

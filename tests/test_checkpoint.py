@@ -8,7 +8,8 @@ import pathlib
 import pytest
 import torch
 
-from meta_cli import atomic, checkpoint
+from meta_cli import atomic
+from meta_cli.rundir import checkpoint
 from meta_cli.errors import UserError
 
 

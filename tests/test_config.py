@@ -6,7 +6,8 @@ from conftest import algorithms, config_options
 from hydra import compose, initialize_config_module
 
 from meta_cli.apps import eval as eval_app
-from meta_cli.build import build_train
+from meta_cli.config.validation import plain
+from meta_cli.engine.build import TrainSpec, check_train
 from meta_cli.errors import UserError
 
 # Every algorithm on a dataset of each task it learns, and every backbone under one that takes
@@ -14,7 +15,7 @@ from meta_cli.errors import UserError
 COMBINATIONS = [
     *[[f"algorithm={a}"] for a in algorithms("classification") + algorithms("classification", "batches")],
     *[["dataset=sinusoid", f"algorithm={a}"] for a in algorithms("regression")],
-    *[["dataset=navigation2d", f"algorithm={a}"] for a in algorithms("rl")],
+    *[["dataset=navigation2d", f"algorithm={a}"] for a in algorithms("rl", "rollouts")],
     *[["algorithm=protonet", f"backbone={b}"] for b in config_options("backbone") if b not in ("mlp", "none")],
     ["dataset=sinusoid", "backbone=mlp"],
     ["device=auto"], ["device=cpu"],
@@ -32,6 +33,13 @@ def _data(data_root, cache_dir, monkeypatch):
     monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
 
 
+def build_train(cfg) -> TrainSpec:
+    """Check a composed training config and build its model, as a job does."""
+    spec = check_train(plain(cfg))
+    spec.regime.build(spec.config, spec.source)
+    return spec
+
+
 def _compose(overrides, name="train"):
     with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
@@ -39,8 +47,8 @@ def _compose(overrides, name="train"):
 
 @pytest.mark.parametrize("overrides", COMBINATIONS, ids=" ".join)
 def test_option_composes_and_builds(overrides):
-    run, settings, evaluation = build_train(_compose(overrides))
-    assert settings.iterations >= 1 and evaluation.episodes == 600
+    spec = build_train(_compose(overrides))
+    assert spec.train.iterations >= 1 and spec.evaluation.episodes == 600
 
 
 def test_defaults():
@@ -107,7 +115,7 @@ def test_train_ways_cannot_change_maml_head():
 def test_eval_config_composes():
     cfg = _compose(["checkpoint=x.pt", "eval.ways=[5,10]"], name="eval")
     with pytest.raises(UserError, match="does not exist"):
-        eval_app.prepare(cfg)
+        eval_app.check_eval(cfg)
 
 
 @pytest.mark.parametrize("dataset", DATASETS_WITHOUT_FILES)
@@ -130,5 +138,5 @@ def test_experiment_preset_composes_and_the_command_line_wins(name):
 
 def test_omniglot_presets_build_on_the_minimal_files():
     for name in ("maml_omniglot_5w1s", "maml_omniglot_20w1s", "protonet_omniglot_5w1s"):
-        run, settings, _ = build_train(_compose([f"+experiment={name}", "dataset.variant=minimal"]))
-        assert settings.iterations >= 20000 and run.source.flips is False
+        spec = build_train(_compose([f"+experiment={name}", "dataset.variant=minimal"]))
+        assert spec.train.iterations >= 20000 and spec.source.flips is False

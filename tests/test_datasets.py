@@ -33,7 +33,7 @@ from meta_cli.data.image_folder import ImageFolder
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.data.tiered_imagenet import TieredImagenet
 from meta_cli.errors import UserError
-from meta_cli.validation import check_node, plain
+from meta_cli.config.validation import check_node, plain
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")

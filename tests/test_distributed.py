@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from meta_cli.distributed import World
+from meta_cli.runtime.distributed import World
 
 TINY = ["train.iterations=4", "train.meta_batch_size=4", "train.val_every=2", "train.val_episodes=6",
         "train.log_every=1", "eval.episodes=8", "train.progress=false"]
@@ -74,9 +74,9 @@ def _free_port() -> int:
 
 GRADIENT = '''
 import sys, torch, torch.distributed as dist
-from meta_cli.distributed import World
-from meta_cli.settings import TrainSettings
-from meta_cli.steps import EpisodeStep
+from meta_cli.runtime.distributed import World
+from meta_cli.engine.settings import TrainSettings
+from meta_cli.engine.regimes.episodes import Episodes
 sys.path.insert(0, {tests!r})
 from test_distributed import tiny_run
 
@@ -85,9 +85,10 @@ if size > 1:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank, world_size=size)
 torch.set_num_threads(1)
 algorithm, source = tiny_run(name)
-optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.0)  # keeps the weights, leaves .grad
-step = EpisodeStep(algorithm, source, TrainSettings(meta_batch_size=4), 7, optimizer, World(rank, size), bf16=False)
-step(1)
+regime = Episodes(algorithm, source, World(rank, size))
+regime.start(TrainSettings(meta_batch_size=4), 7, bf16=False)
+regime.update.optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.0)  # keeps the weights, leaves .grad
+regime.step(1)
 if rank == 0:
     torch.save([p.grad for p in algorithm.parameters()], out)
 '''
@@ -220,8 +221,8 @@ def test_a_slurm_job_of_several_tasks_is_one_rank_per_task(monkeypatch):
     submitit's TorchDistributedEnvironment), and rank 0 alone writes .hydra/ and the log."""
     from omegaconf import OmegaConf
 
-    import meta_cli.job  # noqa: F401 - registers the meta_cli.rank0 resolver
-    from meta_cli import distributed
+    import meta_cli.rundir.job  # noqa: F401 - registers the meta_cli.rank0 resolver
+    from meta_cli.runtime import distributed
 
     # submitit exports into os.environ itself: a copy keeps its RANK=1 from every later test
     monkeypatch.setattr(os, "environ", dict(os.environ))
@@ -276,15 +277,17 @@ def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, caps
     the ranks' threads outnumber the cores."""
     import torch.distributed.run
 
-    from meta_cli import launch
+    from meta_cli.cli import launch
+    from meta_cli.cli.commandline import CommandLine
 
     launched = []
     monkeypatch.setattr(torch.distributed.run, "run", lambda args: launched.append(args))
     monkeypatch.setattr(launch, "_cores", lambda: 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert launch.relaunch("train", ["hydra.run.dir=x"], 2, False) == 0 and launched
+    command = CommandLine.parse("train", ["hydra.run.dir=x"])
+    assert launch.relaunch(command, 2) == 0 and launched
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("meta-cli: warning: OMP_NUM_THREADS=2 gives 2 processes 4 threads on 2 cores")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    launch.relaunch("train", ["hydra.run.dir=x"], 2, False)
+    launch.relaunch(command, 2)
     assert capsys.readouterr().err == ""

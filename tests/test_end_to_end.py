@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import run_dirs
 
-from meta_cli.outputs import ACCURACY_COLUMNS, METRICS_COLUMNS
+from meta_cli.engine.regimes.episodes import Episodes
+from meta_cli.rundir.outputs import ACCURACY_COLUMNS
 
 TINY_OMNIGLOT = ["train.iterations=4", "train.meta_batch_size=2", "train.val_every=2",
                  "train.val_episodes=4", "train.log_every=2", "eval.episodes=12"]
@@ -52,7 +53,7 @@ def _check_run_files(run: Path) -> None:
         assert (run / ".hydra" / name).is_file()
     assert list((run / "checkpoints").glob("step-*.pt")) and (run / "checkpoints" / "best.pt").is_file()
     assert not list((run / "checkpoints").glob("*.part"))
-    assert _header(run / "metrics.csv") == METRICS_COLUMNS
+    assert _header(run / "metrics.csv") == Episodes.metrics_columns()
     assert _header(run / "accuracy.csv") == ACCURACY_COLUMNS
 
 

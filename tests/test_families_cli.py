@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import meta_cli
-from meta_cli.apps.eval import prepare
+from meta_cli.apps.eval import check_eval
 
 FAMILIES = ["siamese", "mann", "meta_lstm"]
 TINY = ["train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "train.val_episodes=2",
@@ -87,12 +87,12 @@ def test_mann_predict_labels_files_as_eval_labels_the_episode(trained, cli, tmp_
     """A test episode written to files: `meta-cli predict` gives each query the class the model's
     meta-test logits give it (MANN answers each query in its own step, so the set does not matter)."""
     path = trained["mann"] / "checkpoints" / "best.pt"
-    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "algorithm": {}, "device": {
-        "_target_": "meta_cli.device.pick_device", "kind": "cpu"}, "eval": {"_target_": "meta_cli.evaluation.EvalSettings"},
-        "distributed": {"_target_": "meta_cli.distributed.DistributedSettings"}})
-    episode = run.source.episode("test", 0, 0, 5, 1, 2)
+    spec = check_eval({"checkpoint": str(path), "data_root": None, "algorithm": {}, "device": {
+        "_target_": "meta_cli.runtime.device.pick_device", "kind": "cpu"}, "eval": {"_target_": "meta_cli.evaluation.episodes.EvalSettings"},
+        "distributed": {"_target_": "meta_cli.runtime.distributed.DistributedSettings"}})
+    episode = spec.restored.data.episode("test", 0, 0, 5, 1, 2)
     with torch.no_grad():
-        expected = run.algorithm.eval().query_logits(episode).argmax(1).tolist()
+        expected = spec.restored.model.eval().query_logits(episode).argmax(1).tolist()
     for i, (image, label) in enumerate(zip(episode.support, episode.support_labels.tolist())):
         _png(image, tmp_path / "support" / f"class{label}" / f"{i}.png")
     for i, image in enumerate(episode.query):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from meta_cli import checkpoint
+from meta_cli.rundir import checkpoint
 
 SINUSOID = ["dataset=sinusoid", "train.iterations=120", "train.val_every=40",
             "train.checkpoint_every=20", "train.val_episodes=20", "train.progress=false",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from meta_cli import checkpoint
+from meta_cli.rundir import checkpoint
 from meta_cli.algorithms.anil import ANIL
 from meta_cli.algorithms.maml import MAML
 from meta_cli.algorithms.matchingnet import MatchingNet
@@ -19,7 +19,7 @@ from meta_cli.algorithms.pretrain import Pretrain
 from meta_cli.algorithms.protonet import ProtoNet
 from meta_cli.algorithms.reptile import Reptile
 from meta_cli.errors import UserError
-from meta_cli.init import find_backbone, load_backbone
+from meta_cli.rundir.transfer import find_backbone, load_backbone
 
 SHAPE = (1, 28, 28)
 CONV = {"_target_": "meta_cli.models.conv4.Conv4", "hidden": 8, "max_pool": True, "layers": 4,
@@ -31,7 +31,7 @@ TARGETS = {  # algorithm: (class, extra constructor arguments, the backbone's st
     "metaoptnet": (MetaOptNet, {}, "backbone."),
     "maml": (MAML, {}, "maml.module.0."),
     "metasgd": (MetaSGD, {}, "maml.module.0."),
-    "anil": (ANIL, {}, "features."),
+    "anil": (ANIL, {}, "backbone."),
     "reptile": (Reptile, {}, "model.0."),
     "pretrain": (Pretrain, {"classes": 12}, "backbone."),
 }

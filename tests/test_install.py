@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from packaging.version import Version
 
 from meta_cli.data.base import Episode, episode_rng
+from meta_cli.engine.regimes.base import regime_of
 from meta_cli.data.sampler import Affine, ClassSampler
 
 CONF = REPO / "conf"
@@ -66,7 +67,7 @@ def _train_one_step(algorithm: torch.nn.Module, episode: Episode) -> None:
     """The engine's step: meta-objective, backward, the algorithm's own outer optimizer."""
     before = [p.detach().clone() for p in algorithm.parameters()]
     optimizer = algorithm.meta_optimizer(1e-3)
-    if algorithm.learns_from == "batches":  # pretrain: a mini-batch of (image, class)
+    if regime_of(type(algorithm)).name == "batches":  # pretrain: a mini-batch of (image, class)
         loss, accuracy = algorithm.batch_loss(episode.support, episode.support_labels)
         objective = loss
     else:

@@ -6,15 +6,16 @@ import torch
 
 from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.sinusoid import Sinusoid
-from meta_cli.distributed import World
+from meta_cli.runtime.distributed import World
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EpisodeValidation
-from meta_cli.loggers import CsvLogger
-from meta_cli.loop import Trainer, schedule
+from meta_cli.rundir.loggers import CsvLogger
+from meta_cli.engine.regimes.base import apply_gradient
+from meta_cli.engine.regimes.episodes import Episodes
+from meta_cli.engine.trainer import Trainer
 from meta_cli.models.mlp import MLP
-from meta_cli.outputs import METRICS_COLUMNS, RunOutputs
-from meta_cli.settings import TrainSettings
-from meta_cli.steps import EpisodeStep, apply_gradient
+from meta_cli.rundir.checkpointer import Checkpointer
+from meta_cli.rundir.outputs import MetricsLog
+from meta_cli.engine.settings import TrainSettings
 
 
 class SqrtOfWeight(Algorithm):
@@ -31,13 +32,12 @@ class SqrtOfWeight(Algorithm):
 def _trainer(tmp_path, w: float, algorithm_class=SqrtOfWeight, source=None, **settings) -> Trainer:
     source = source or Sinusoid()
     algorithm = algorithm_class(MLP(input_shape=(1,), hidden=[4]), "regression", 1, w=w)
-    s = TrainSettings(progress=False, meta_batch_size=2, **settings)
-    optimizer = algorithm.meta_optimizer(s.meta_lr)
-    step = EpisodeStep(algorithm, source, s, 0, optimizer, World(), bf16=False)
-    outputs = RunOutputs(tmp_path, METRICS_COLUMNS, {}, s.keep_checkpoints,
-                         lambda **kw: CsvLogger(tmp_path, **kw))
-    return Trainer(algorithm, step, EpisodeValidation(algorithm, source, 2, 0), outputs, s, World(),
-                   optimizer, schedule(optimizer, s.lr_schedule, s.iterations))
+    s = TrainSettings(progress=False, meta_batch_size=2, val_episodes=2, **settings)
+    regime = Episodes(algorithm, source)
+    regime.start(s, 0, bf16=False)
+    log = MetricsLog(lambda **kw: CsvLogger(tmp_path, **kw), regime.metrics_columns())
+    keeper = Checkpointer(tmp_path, {}, s.keep_checkpoints, s.checkpoint_every, before_save=log.sync)
+    return Trainer(algorithm, regime, keeper, log, s, World())
 
 
 def test_non_finite_gradient_stops_before_the_update(tmp_path):
@@ -73,7 +73,7 @@ def test_train_query_sets_the_query_size_of_meta_training_episodes_only(tmp_path
     points; null keeps dataset.query."""
     ShapeRecorder.seen = []
     trainer = _trainer(tmp_path, 1.0, ShapeRecorder, Sinusoid(shots=2, query=4), query=query)
-    trainer.step(1)
+    trainer.regime.step(1)
     assert ShapeRecorder.seen == [expected, expected]
 
 
@@ -88,10 +88,10 @@ def test_lr_schedule_decays_the_meta_lr_per_step_to_zero(tmp_path, kind, expecte
     seen = []
 
     def step(iteration):
-        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        seen.append(trainer.regime.update.optimizer.param_groups[0]["lr"])
         return real(iteration)
 
-    real, trainer.step = trainer.step, step
+    real, trainer.regime.step = trainer.regime.step, step
     trainer.fit()
     assert seen == pytest.approx(expected)
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from meta_cli.metrics import mean_ci95
+from meta_cli.evaluation.metrics import mean_ci95
 
 
 def test_mean_ci95_by_hand():

@@ -53,7 +53,7 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run(
-        [sys.executable, "-c", "import meta_cli.cli, sys; print(meta_cli.cli.__file__); "
+        [sys.executable, "-c", "import meta_cli.cli.main, sys; print(meta_cli.cli.__file__); "
          "sys.argv = ['meta-cli', 'train', '+experiment=protonet_omniglot_5w1s', '+zz_new_group=probe', "
          "'--cfg', 'job']; meta_cli.cli.main()"],
         cwd=elsewhere, env=env, capture_output=True, text=True)

@@ -17,7 +17,7 @@ from conftest import run_dirs
 from PIL import Image
 
 import meta_cli
-from meta_cli.apps.eval import prepare
+from meta_cli.apps.eval import check_eval
 from meta_cli.data.base import Episode
 from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
@@ -56,17 +56,18 @@ def checkpoints(tmp_path_factory, data_root, cache_dir) -> dict[str, Path]:
 def _eval_episode(path: Path) -> tuple[Episode, torch.Tensor, float]:
     """Test episode INDEX as `meta-cli eval checkpoint=path` draws it, the logits (n, ways)
     of the model eval rebuilds on it, and eval's accuracy on it."""
-    device = {"_target_": "meta_cli.device.pick_device", "kind": "cpu"}
-    evaluation = {"_target_": "meta_cli.evaluation.EvalSettings", "seed": SEED}
-    distributed = {"_target_": "meta_cli.distributed.DistributedSettings"}
-    run, settings, _, _ = prepare({"checkpoint": str(path), "data_root": None, "algorithm": {}, "eval": evaluation,
-                                   "device": device, "distributed": distributed})
-    ((ways, shots, query),) = settings.settings(run.source)
-    episode = run.source.episode(settings.split, INDEX, settings.seed, ways, shots, query)
-    run.algorithm.eval()
+    device = {"_target_": "meta_cli.runtime.device.pick_device", "kind": "cpu"}
+    evaluation = {"_target_": "meta_cli.evaluation.episodes.EvalSettings", "seed": SEED}
+    distributed = {"_target_": "meta_cli.runtime.distributed.DistributedSettings"}
+    spec = check_eval({"checkpoint": str(path), "data_root": None, "algorithm": {}, "eval": evaluation,
+                       "device": device, "distributed": distributed})
+    source, model, settings = spec.restored.data, spec.restored.model, spec.evaluation
+    ((ways, shots, query),) = settings.settings(source)
+    episode = source.episode(settings.split, INDEX, settings.seed, ways, shots, query)
+    model.eval()
     with torch.no_grad():
-        logits = run.algorithm.query_logits(episode)
-        _, accuracy = run.algorithm.episode_loss(episode, training=False)
+        logits = model.query_logits(episode)
+        _, accuracy = model.episode_loss(episode, training=False)
     return episode, logits, accuracy.item()
 
 

@@ -17,7 +17,7 @@ from meta_cli.data.base import Episode
 from meta_cli.data.mini_imagenet import MiniImagenet
 from meta_cli.errors import UserError
 from meta_cli.models.conv4 import Conv4
-from meta_cli.validation import check_node
+from meta_cli.config.validation import check_node
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,9 @@ def test_finetune_changes_the_prediction_not_the_pretrained_weights(head):
 
 
 def test_it_learns_from_batches_not_episodes():
-    assert Pretrain.learns_from == "batches"
+    from meta_cli.engine.regimes.base import regime_of
+
+    assert regime_of(Pretrain).name == "batches"
 
 
 def test_mini_imagenet_shaped_path(tmp_path, monkeypatch):

@@ -219,7 +219,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli, tmp_path)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("meta-cli: error")]
     assert len(errors) == 1 and "at iteration 2 (split train)" in errors[0], result.stderr
-    from meta_cli import checkpoint
+    from meta_cli.rundir import checkpoint
     path, payload = checkpoint.latest_valid(tmp_path / "run" / "checkpoints")
     assert payload["iteration"] == 1 and all(torch.isfinite(v).all() for v in payload["algorithm"].values())
 
@@ -301,7 +301,7 @@ def test_a_run_dir_that_still_trains_is_locked(cli, tmp_path, data_root, cache_d
     finally:
         proc.kill()
         proc.wait()
-    from meta_cli import lock
+    from meta_cli.rundir import lock
     assert not lock.held(run)
     lock.acquire(run)
     lock.release(run)

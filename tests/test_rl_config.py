@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from meta_cli.errors import UserError
-from meta_cli.validation import check_node
+from meta_cli.config.validation import check_node
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RL_FILES = [("dataset", n) for n in ("navigation2d", "halfcheetah_dir", "halfcheetah_vel")] + \

@@ -174,7 +174,7 @@ def test_optuna_refuses_keys_the_algorithm_lacks(cli, tmp_path):
 
 
 def test_missing_plugin_names_the_extra(monkeypatch):
-    from meta_cli import preflight
+    from meta_cli.cli import preflight
     from meta_cli.errors import UserError
 
     real = preflight.importlib.import_module
@@ -228,7 +228,7 @@ def test_report_keeps_regression_and_classification_apart(cli, tmp_path):
 
 
 def test_report_counts_stopped_apart_from_failed_and_unfinished(tmp_path):
-    from meta_cli.report import aggregate, format_table
+    from meta_cli.report.report import aggregate, format_table
 
     frame = pd.DataFrame({
         "job": ["0", "1", "2", "3"], "status": ["ok", "failed", "stopped", "running"],

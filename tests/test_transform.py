@@ -1,5 +1,5 @@
 """ImageTransform: the pixels and model inputs it makes (checked against values computed by
-hand), its round trip through a checkpoint, and the conversion of old checkpoints' records."""
+hand), its round trip through a checkpoint, and what predict does without one."""
 from __future__ import annotations
 
 import io
@@ -12,9 +12,9 @@ from PIL import Image
 
 from meta_cli.data.mini_imagenet import MEAN, STD
 from meta_cli.data.omniglot_files import TRANSFORM as OMNIGLOT
-from meta_cli.data.transform import ImageTransform, from_preprocessing
+from meta_cli.data.transform import ImageTransform
+from meta_cli.engine.build import _shape
 from meta_cli.errors import UserError
-from meta_cli.predict import checkpoint_transform
 
 TRANSFORMS = [OMNIGLOT, ImageTransform(84, 3, mean=MEAN, std=STD), ImageTransform(12, 1),
               ImageTransform(16, 1, mean=[0.5], std=[0.25])]
@@ -99,37 +99,13 @@ def test_one_mean_and_std_value_serve_every_channel():
         ImageTransform.from_config(8, 3, [0.5, 0.5], [0.2, 0.2])
 
 
-# checkpoints written before transforms were stored (meta-cli e8770d9 and earlier): their
-# "preprocessing" dicts, as Omniglot and the image datasets' describe() wrote them
-OLD_OMNIGLOT = {"image_size": 28, "channels": 1, "resize": "lanczos", "invert": True,
-                "scale": "0..1, strokes = 1", "train_rotations": True, "train_flips": True,
-                "train_augment": True, "train_affine": {"degrees": 10.0, "scale": 0.1, "shift": 0.1,
-                                                        "shear": 0.0}}
-OLD_MINI = {"image_size": 84, "channels": 3, "resize": "none", "scale": "0..1", "mean": list(MEAN),
-            "std": list(STD)}
-OLD_FOLDER = {"image_size": 16, "channels": 1, "resize": "lanczos", "scale": "0..1", "mean": None,
-              "std": None, "split": "fractions", "fractions": [0.7, 0.15, 0.15], "split_seed": 0}
+OMNIGLOT_CONFIG = {"dataset": {"_target_": "meta_cli.data.omniglot.Omniglot"}}
 
 
-def test_old_preprocessing_records_become_the_same_transform():
-    assert from_preprocessing(OLD_OMNIGLOT) == OMNIGLOT
-    assert from_preprocessing(OLD_MINI) == ImageTransform.from_config(84, 3, MEAN, STD)
-    assert from_preprocessing(OLD_FOLDER) == ImageTransform(16, 1)
-    for bad in ({}, {"image_size": 28, "channels": 1},  # neither kind
-                {**OLD_OMNIGLOT, "channels": 3}, {**OLD_MINI, "image_size": "84"},
-                {**OLD_MINI, "mean": [0.5]}):
-        with pytest.raises(ValueError):
-            from_preprocessing(bad)
-
-
-def test_checkpoint_transform_prefers_the_stored_transform(tmp_path):
+def test_predict_builds_on_the_stored_transform_or_says_what_is_missing(tmp_path):
     path = tmp_path / "best.pt"
-    assert checkpoint_transform({"transform": OMNIGLOT.to_dict()}, path) == OMNIGLOT
-    assert checkpoint_transform({"preprocessing": OLD_OMNIGLOT}, path) == OMNIGLOT
-    assert checkpoint_transform({"transform": OMNIGLOT.to_dict(), "preprocessing": OLD_MINI},
-                                path) == OMNIGLOT
-    for payload in ({}, {"preprocessing": {"amplitude": [0.1, 5]}},
-                    {"transform": {"size": 28, "channels": 4}}):
-        with pytest.raises(UserError, match=f"checkpoint {path} records an image transform predict "
-                                            f"cannot apply"):
-            checkpoint_transform(payload, path)
+    assert _shape(OMNIGLOT_CONFIG, {"transform": OMNIGLOT.to_dict()}, path).input_shape == OMNIGLOT.shape
+    with pytest.raises(UserError, match=f"checkpoint {path} records no image transform"):
+        _shape(OMNIGLOT_CONFIG, {}, path)
+    with pytest.raises(UserError, match=f"checkpoint {path} records an image transform predict cannot apply"):
+        _shape(OMNIGLOT_CONFIG, {"transform": {"size": 28, "channels": 4}}, path)

@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO
 from hydra.utils import get_object
 
-from meta_cli import signatures
+from meta_cli.config import signatures
 
 
 def _nodes() -> list[tuple[str, str, dict]]:
@@ -61,9 +61,8 @@ def test_yaml_defaults_are_the_constructors(file, path, node):
     """Every key of the canonical option is a parameter with that default, and every parameter
     is in the file: what a newcomer reads there is what Python would do without it."""
     target = get_object(node["_target_"])
-    function = target.__init__ if inspect.isclass(target) else target
     injected = set(getattr(target, "injected", ()))
-    params = {k: p for k, p in inspect.signature(function).parameters.items() if k != "self" and k not in injected}
+    params = {p.name: p for p, _ in signatures.parameters_of(target) if p.name not in injected}
     keys = {k for k in node if not k.startswith("_") and k != "defaults"}
     assert keys == set(params), (file, path, keys ^ set(params))
     for key in keys:

@@ -31,7 +31,7 @@ class ANIL(Algorithm):
         first_order: bool = False,
     ) -> None:
         super().__init__(backbone, task, outputs)
-        self.features = backbone
+        self.backbone = backbone
         self.head = l2l.algorithms.MAML(nn.Linear(backbone.out_features, outputs), lr=fast_lr,
                                         first_order=first_order)
         self.adaptation_steps = adaptation_steps
@@ -42,11 +42,10 @@ class ANIL(Algorithm):
         """(n_query, outputs): the adapted head on the query embeddings."""
         steps = self.adaptation_steps if training else self.test_adaptation_steps
         # One forward for both sets, as learn2learn's anil_fc100 example (batch norm sees both).
-        embeddings = self.features(torch.cat([episode.support, episode.query]))
-        support, query = embeddings.float().split([len(episode.support), len(episode.query)])
+        support, query = (e.float() for e in self.embed(episode))
         # Under train.precision=bf16 only the body is autocast: the head's small inner loop
         # (and its second-order terms) stays float32.
-        with full_precision(embeddings), torch.enable_grad():  # gradients also when meta-testing
+        with full_precision(support), torch.enable_grad():  # gradients also when meta-testing
             head = self.head.clone()
             for _ in range(steps):
                 adapt(head, self.loss(head(support), episode.support_labels),

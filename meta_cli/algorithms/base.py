@@ -20,6 +20,25 @@ def full_precision(embeddings: torch.Tensor) -> torch.autocast:
     return torch.autocast(embeddings.device.type, enabled=False)
 
 
+def prototypes(support: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Support embeddings (n_support, D) with labels (n_support,) in 0..ways-1 -> the mean
+    embedding of each class, (ways, D); zero for a class without support examples."""
+    sums = support.new_zeros(ways, support.shape[1]).index_add_(0, labels, support)
+    counts = torch.bincount(labels, minlength=ways).clamp_min(1).to(support.dtype)
+    return sums / counts[:, None]
+
+
+def squared_distances(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Query embeddings (n_query, D), centres (ways, D) -> (n_query, ways) squared Euclidean
+    distances |q - c|^2."""
+    return (query[:, None, :] - centres[None, :, :]).pow(2).sum(-1)
+
+
+def cosine_similarities(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Query embeddings (n_query, D), keys (n_keys, D) -> (n_query, n_keys) cosines."""
+    return F.normalize(query, dim=1) @ F.normalize(keys, dim=1).t()
+
+
 class Algorithm(nn.Module, abc.ABC):
     """A meta-learner whose parameters are the meta-parameters (what the outer optimizer updates).
 
@@ -36,10 +55,11 @@ class Algorithm(nn.Module, abc.ABC):
     #: True when the model's output layer fixes the number of ways (MAML's head): meta-testing
     #: and prediction must then use the training ways.
     fixed_ways: ClassVar[bool] = False
-    #: What a training step feeds it: "episodes" (meta-batches of episodes, through
-    #: `meta_objective` or `meta_batch_loss`), or "batches" (mini-batches of (image, class)
-    #: through `batch_loss`: pre-training). meta_cli.steps picks the step from it.
-    learns_from: ClassVar[Literal["episodes", "batches"]] = "episodes"
+    #: How it learns: the dotted path of its `meta_cli.engine.regimes` class, as a config names
+    #: a `_target_` — Episodes (meta-batches of episodes, through `meta_objective` or
+    #: `meta_batch_loss`) or Batches (mini-batches of (image, class) through `batch_loss`:
+    #: pre-training).
+    regime: ClassVar[str] = "meta_cli.engine.regimes.episodes.Episodes"
     #: How a meta-batch of episodes is run: "l2l", task by task (`meta_objective`), or "vmap",
     #: all at once (`meta_batch_loss`). MAML sets it from its config.
     backend: str = "l2l"
@@ -49,6 +69,19 @@ class Algorithm(nn.Module, abc.ABC):
         self.check_task(task)
         self.task = task
         self.outputs = outputs
+
+    @property
+    def batched(self) -> bool:
+        """Whether a meta-batch of episodes runs at once (`meta_batch_loss`) rather than
+        episode by episode (`meta_objective`)."""
+        return self.backend == "vmap"
+
+    def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support (n_support, D) and query (n_query, D) embeddings of `self.backbone`, from one
+        forward pass over both sets: batch norm with batch statistics sees the whole episode,
+        as in learn2learn's ProtoNet example."""
+        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
+        return embeddings.split([len(episode.support), len(episode.query)])
 
     @classmethod
     def check(cls, task: Task, vmap_blocker: str | None = None, **config: Any) -> None:
@@ -108,7 +141,7 @@ class Algorithm(nn.Module, abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no vectorised meta-batch (backend=vmap)")
 
     def batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """learns_from="batches": mean loss and accuracy on images (N, C, H, W) of classes
+        """The Batches regime: mean loss and accuracy on images (N, C, H, W) of classes
         labels (N,) among all the training split's classes."""
         raise NotImplementedError(f"{type(self).__name__} learns from episodes, not batches")
 

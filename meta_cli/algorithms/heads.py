@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meta_cli.algorithms.base import prototypes, squared_distances
+
 Head = Literal["prototype", "linear", "cosine", "logistic"]
 HEADS: tuple[str, ...] = ("prototype", "linear", "cosine", "logistic")
-#: The config keys of a test-time head (algorithm=pretrain's).
-HEAD_KEYS = ("head", "head_steps", "head_lr", "head_c", "finetune", "finetune_steps", "finetune_lr")
 
 #: Meta-Baseline's initial temperature: prototype logits are TEMPERATURE * (cos - 1) when the
 #: prototype has unit length (one shot), so the loss is on the scale of Meta-Baseline's.
@@ -45,11 +45,6 @@ MOMENTUM, DAMPENING, WEIGHT_DECAY = 0.9, 0.9, 1e-3
 COSINE_SCALE = 10.0
 
 
-def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """(ways, D) mean embedding of each label (zero for a label without examples)."""
-    sums = embeddings.new_zeros(ways, embeddings.shape[1]).index_add_(0, labels, embeddings)
-    counts = torch.bincount(labels, minlength=ways).clamp_min(1).to(embeddings.dtype)
-    return sums / counts[:, None]
 
 
 class PrototypeClassifier(nn.Module):
@@ -63,14 +58,14 @@ class PrototypeClassifier(nn.Module):
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         query = F.normalize(embeddings.float(), dim=1)
-        squared = (query[:, None, :] - self.prototypes[None]).pow(2).sum(-1)  # (n, ways)
+        squared = squared_distances(query, self.prototypes)  # (n, ways)
         return -0.5 * self.temperature * squared
 
 
 def fit_prototype(support: torch.Tensor, labels: torch.Tensor, ways: int) -> PrototypeClassifier:
     """The class means of the L2-normalised support embeddings; nothing is trained."""
     normalised = F.normalize(support.detach().float(), dim=1)
-    return PrototypeClassifier(class_means(normalised, labels, ways))
+    return PrototypeClassifier(prototypes(normalised, labels, ways))
 
 
 class CosineClassifier(nn.Module):
@@ -133,7 +128,7 @@ def fit_cosine(support: torch.Tensor, labels: torch.Tensor, ways: int, steps: in
     embeddings (Qi et al., 2018; a zero weight has no direction), the scale from
     COSINE_SCALE, both trained for `steps` full-batch SGD steps as `fit_linear`."""
     support = support.detach().float()
-    classifier = CosineClassifier(class_means(F.normalize(support, dim=1), labels, ways))
+    classifier = CosineClassifier(prototypes(F.normalize(support, dim=1), labels, ways))
     _train(classifier, support, labels, steps, lr, decayed=[classifier.weight])
     return classifier
 

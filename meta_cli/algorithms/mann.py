@@ -181,7 +181,7 @@ class MANN(Algorithm):
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) logits (the first `ways` outputs), or (n_query, 1) for regression."""
-        ways = int(episode.support_labels.max()) + 1 if self.classification else 1
+        ways = episode.ways
         if self.classification:
             self.check_ways(ways, "the support set's classes", self.max_ways)
         support, query = self.embed(episode)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meta_cli.algorithms.base import Algorithm, Task, full_precision
+from meta_cli.algorithms.base import Algorithm, Task, cosine_similarities, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.params import Gt
 
@@ -17,8 +17,7 @@ def matching_log_probs(support: torch.Tensor, labels: torch.Tensor, query: torch
     """support (n_support, D), labels (n_support,) in 0..ways-1, query (n_query, D) ->
     (n_query, ways) log p(y | x) = log sum_i a(x, x_i) [y_i = y], with attention a the softmax
     over the support of scale * cosine(x, x_i)."""
-    cosine = F.normalize(query, dim=1) @ F.normalize(support, dim=1).t()
-    attention = torch.softmax(scale * cosine, dim=1)
+    attention = torch.softmax(scale * cosine_similarities(query, support), dim=1)
     probs = attention @ F.one_hot(labels, ways).to(attention.dtype)
     return torch.log(probs.clamp_min(1e-12))
 
@@ -39,8 +38,6 @@ class MatchingNet(Algorithm):
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) log-probabilities (cross-entropy on them is Matching Networks' NLL)."""
-        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
-        support, query = embeddings.split([len(episode.support), len(episode.query)])
-        ways = int(episode.support_labels.max()) + 1
+        support, query = self.embed(episode)
         with full_precision(support):
-            return matching_log_probs(support, episode.support_labels, query, ways, self.scale)
+            return matching_log_probs(support, episode.support_labels, query, episode.ways, self.scale)

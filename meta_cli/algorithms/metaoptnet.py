@@ -36,10 +36,8 @@ class MetaOptNet(Algorithm):
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) scaled SVM scores."""
-        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
-        support, query = embeddings.split([len(episode.support), len(episode.query)])
-        ways = int(episode.support_labels.max()) + 1
+        support, query = self.embed(episode)
         with full_precision(support):
-            svm = l2l.nn.SVClassifier(support=support, labels=episode.support_labels, ways=ways,
+            svm = l2l.nn.SVClassifier(support=support, labels=episode.support_labels, ways=episode.ways,
                                       normalize=self.normalize, C_reg=self.C_reg, max_iters=self.max_iters)
             return self.scale * svm(query)

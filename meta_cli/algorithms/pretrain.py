@@ -49,7 +49,7 @@ class Pretrain(Algorithm):
 
     injected = ("backbone", "task", "outputs", "classes")
     tasks = ("classification",)
-    learns_from = "batches"
+    regime = "meta_cli.engine.regimes.batches.Batches"
 
     def __init__(
         self,
@@ -87,7 +87,7 @@ class Pretrain(Algorithm):
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) logits of the head fit on this episode's support set."""
-        ways = int(episode.support_labels.max()) + 1
+        ways = episode.ways
         images = torch.cat([episode.support, episode.query])
         n_support = len(episode.support)
         body = copy.deepcopy(self.backbone) if self.finetune else self.backbone

@@ -22,9 +22,7 @@ class ProtoNet(Algorithm):
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) logits: -squared distance to the prototype of each support label,
         in the order of the sorted distinct labels."""
-        # One forward pass, as in learn2learn's ProtoNet example: batch norm sees both sets.
-        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
-        support, query = embeddings.split([len(episode.support), len(episode.query)])
+        support, query = self.embed(episode)
         with full_precision(support):
             classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
             return classifier(query)

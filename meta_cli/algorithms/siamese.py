@@ -68,15 +68,12 @@ class Siamese(Algorithm):
         self.head = nn.Linear(width, 1)
 
     def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n_support, D) and (n_query, D) float32 embeddings, from one forward pass (batch
-        norm sees both sets, as in ProtoNet)."""
-        embeddings = self.backbone(torch.cat([episode.support, episode.query]))
-        with full_precision(embeddings):
-            embeddings = self.features(embeddings.float())
-        return embeddings.split([len(episode.support), len(episode.query)])
+        """(n_support, D) and (n_query, D) float32 embeddings after Koch's last layer."""
+        support, query = super().embed(episode)
+        with full_precision(support):
+            return self.features(support.float()), self.features(query.float())
 
-    def scores(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        ways = int(labels.max()) + 1
+    def scores(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
         with full_precision(support):
             return class_scores(pair_logits(self.head, query, support), labels, ways)
 
@@ -84,7 +81,7 @@ class Siamese(Algorithm):
         """(n_query, ways): log of the mean "same" probability of each query with each class's
         support images; the argmax is Koch et al.'s one-shot decision."""
         support, query = self.embed(episode)
-        return self.scores(support, episode.support_labels, query)
+        return self.scores(support, episode.support_labels, query, episode.ways)
 
     def meta_objective(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The balanced pair loss over all pairs of the episode's labelled images (objective
@@ -96,6 +93,7 @@ class Siamese(Algorithm):
         with full_precision(images):
             logits = self.head((images[first] - images[second]).abs()).squeeze(-1)
             loss = pair_loss(logits, labels[first] == labels[second])
-            accuracy = self.accuracy(self.scores(support, episode.support_labels, query), episode.query_labels)
+            accuracy = self.accuracy(self.scores(support, episode.support_labels, query, episode.ways),
+                                     episode.query_labels)
         return loss, loss, accuracy
 

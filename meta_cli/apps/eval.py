@@ -1,68 +1,71 @@
 """`meta-cli eval checkpoint=PATH`: rebuild model and data from a checkpoint and meta-test it."""
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from meta_cli import build as builder
-from meta_cli import checkpoint, distributed
-from meta_cli.apps.common import meta_test
-from meta_cli.build import Run, build, instantiate
-from meta_cli.device import pick_device
+from meta_cli.runtime import distributed
+from meta_cli.engine.build import Restored, config_key, restore
+from meta_cli.engine.instantiate import instantiate
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings
-from meta_cli.job import guarded, run_dir
-from meta_cli.resume import load_weights
-from meta_cli.validation import check_config, check_node, plain
+from meta_cli.runtime.distributed import check_backend
+from meta_cli.evaluation.episodes import EvalSettings
+from meta_cli.rundir.job import guarded, run_dir
+from meta_cli.config.validation import check_config, plain
 
 
-def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
-    """Check the eval config and the checkpoint; return the restored run."""
+@dataclass
+class EvalSpec:
+    """An eval job, checked: the restored checkpoint and what to meta-test it on."""
+
+    restored: Restored
+    evaluation: EvalSettings
+    config: dict[str, Any]  # the eval command's own config
+
+
+#: Eval jobs checked in this process, by config: the pre-flight's, found again by the job.
+_CHECKED: dict[str, EvalSpec] = {}
+
+
+def check_eval(cfg: DictConfig | dict[str, Any]) -> EvalSpec:
+    """Check the eval config and the checkpoint; return the restored model and its data."""
     config = plain(cfg)
+    key = config_key(config)
+    if key not in _CHECKED:
+        _CHECKED[key] = _check(config)
+    return _CHECKED[key]
+
+
+def _check(config: dict[str, Any]) -> EvalSpec:
     check_config("eval", config)
     if not isinstance(config["checkpoint"], str):
         raise UserError("checkpoint must be a path, e.g. checkpoint=outputs/<run>/checkpoints/best.pt.")
-    path = Path(config["checkpoint"]).expanduser().resolve()
-    payload = checkpoint.load(path)
-    trained = copy.deepcopy(payload["config"])
-    if config["algorithm"]:  # test-time settings only: the weights fix everything else
-        if "_target_" in config["algorithm"]:
-            raise UserError("eval takes the checkpoint's algorithm; give only its test-time keys, "
-                            "e.g. algorithm.test_adaptation_steps=10.")
-        trained["algorithm"].update(config["algorithm"])
-        check_node(trained["algorithm"], "algorithm")
-    if config["data_root"] is not None and "root" in trained["dataset"]:  # sinusoid has no files
-        trained["dataset"]["root"] = config["data_root"]
-    trained["device"] = config["device"]
-    run = build(trained, splits=payload.get("splits") or None)
-    load_weights(run.algorithm, payload["algorithm"], path)
+    restored = restore(config["checkpoint"], config["algorithm"], config["data_root"])
     evaluation: EvalSettings = instantiate(config["eval"])
-    if run.source.task != "rl":  # meta-RL tests eval.tasks tasks, of no ways or shots
-        evaluation.settings(run.source)
-        eval_ways = evaluation.ways if isinstance(evaluation.ways, list) else [evaluation.ways]
-        builder.check_ways(trained["algorithm"], run.algorithm.outputs, {"eval.ways": [w for w in eval_ways if w]})
-    return run, evaluation, payload, path
+    evaluation.fill_from(restored.data)
+    check_backend(config["distributed"]["backend"], instantiate(config["device"]).type)
+    restored.regime.check_eval(restored.config["algorithm"], restored.data, evaluation,
+                               getattr(restored.model, "outputs", 1))
+    return EvalSpec(restored, evaluation, config)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
-    config = plain(cfg)
-    world = distributed.init(instantiate(config["distributed"]), pick_device(config["device"]["kind"]).type)
-    run, evaluation, payload, path = prepare(config)
-    source = run.source.to(run.device)
-    algorithm = run.algorithm.to(run.device)
-    if source.task == "rl":
-        torch.set_num_threads(1)  # as in training: the returns repeat at one thread count
-    return meta_test(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world, run_dir())
+    spec = check_eval(cfg)
+    device = instantiate(spec.config["device"])
+    world = distributed.init(instantiate(spec.config["distributed"]), device.type)
+    restored = spec.restored
+    restored.regime.prepare_process()
+    regime = restored.regime(restored.model.to(device), restored.data.to(device), world, device)
+    identity = {**restored.payload["choices"], "seed": restored.config["seed"], "checkpoint": str(restored.path)}
+    return regime.meta_test(spec.evaluation, identity, run_dir())
 
 
-def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:
+def precheck(config: dict[str, Any], cache: dict[str, Any], processes: int = 1) -> None:
     """Everything a job checks before its first step (the CLI's pre-flight, for every job)."""
-    prepare(config)
+    check_eval(config)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="eval")

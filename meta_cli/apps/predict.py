@@ -15,13 +15,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from meta_cli.build import instantiate
+from meta_cli.engine.instantiate import instantiate
 from meta_cli.data.image_files import IMAGE_EXTENSIONS, list_images
 from meta_cli.errors import UserError
-from meta_cli.job import guarded, run_dir
-from meta_cli.outputs import text_table, write_csv
-from meta_cli.predict import Learner, restore
-from meta_cli.validation import check_config, plain
+from meta_cli.rundir.job import guarded, run_dir
+from meta_cli.rundir.outputs import text_table, write_csv
+from meta_cli.apps.learner import Learner, restore
+from meta_cli.config.validation import check_config, plain
 
 COLUMNS = ["path", "predicted_class", "score"]
 
@@ -116,7 +116,7 @@ def predict_images(cfg: DictConfig) -> int:
     return len(rows)
 
 
-def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:
+def precheck(config: dict[str, Any], cache: dict[str, Any], processes: int = 1) -> None:
     """Everything a job checks before its first step (the CLI's pre-flight, for every job)."""
     prepare(config)
 

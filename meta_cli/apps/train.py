@@ -1,100 +1,86 @@
-"""`meta-cli train`: meta-train, keep the best checkpoint, meta-test it into accuracy.csv."""
+"""`meta-cli train`: meta-train, keep the best checkpoint, meta-test it into the run dir."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from meta_cli import __version__, build, checkpoint, distributed, init, launch, presets, resume
-from meta_cli.apps.common import meta_test
-from meta_cli.device import pick_device
-from meta_cli.errors import UserError
-from meta_cli.job import guarded, run_dir
-from meta_cli.outputs import METRICS_COLUMNS, RL_METRICS_COLUMNS, RunOutputs
-from meta_cli.seeding import seed_everything
-from meta_cli.validation import check_seed, plain
+from meta_cli.rundir.job import guarded, run_dir
 
 log = logging.getLogger("meta_cli.train")
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Returns the best meta-validation accuracy (loss for regression), for sweepers."""
+    """Returns the best meta-validation metric, for sweepers."""
+    # Imported here: `meta-cli train --help` loads this module, and needs none of them.
+    from meta_cli import __version__
+    from meta_cli.config import presets
+    from meta_cli.config.validation import plain
+    from meta_cli.engine.build import build, check_train
+    from meta_cli.engine.instantiate import instantiate
+    from meta_cli.engine.trainer import Trainer
+    from meta_cli.errors import UserError
+    from meta_cli.rundir.checkpointer import Checkpointer
+    from meta_cli.rundir.outputs import MetricsLog
+    from meta_cli.runtime import distributed
+    from meta_cli.runtime.seeding import seed_everything
+
     config = plain(cfg)
-    world = distributed.init(build.instantiate(config["distributed"]), pick_device(config["device"]["kind"]).type)
-    # Seed before building: the initial weights depend on the seed alone.
-    seed_everything(check_seed(config.get("seed")))
+    hydra_config = HydraConfig.get()
     try:
-        run, settings, evaluation = build.build_train(config)
+        spec = check_train(config)  # checked by the pre-flight already when it ran in this process
     except UserError as exc:  # as in the pre-flight: a key the preset set is named as the preset's
-        hydra = HydraConfig.get()
-        raise presets.blame(exc, hydra.runtime.choices.get("preset"), list(hydra.overrides.task)) from None
+        raise presets.blame(exc, hydra_config.runtime.choices.get("preset"), list(hydra_config.overrides.task)) from None
+    world = distributed.init(spec.distributed, spec.device.type)
     distributed.check_same_config(world, config)
-    if run.source.task == "rl":
-        if world.size > 1:
-            raise UserError("meta-RL runs in one process (its outer step is TRPO's line search over the "
-                            "whole meta-batch); set distributed.processes=1.")
-        # Its small matrix products gain nothing from threads, and a run repeats bit for bit
-        # only at the thread count it started with.
-        torch.set_num_threads(1)
     # The pre-flight checked this for launches it knows the size of; a SLURM job's ranks learn it here.
-    launch.check_world([config], world.size)
+    spec.regime.check_world(spec.train, world.size)
+    seed_everything(config["seed"])  # before building: the initial weights depend on the seed alone
+    run = build(spec, world)
     out = run_dir()
-    resumed = resume.find(config["resume"], out)
-    source, algorithm = run.source.to(run.device), run.algorithm.to(run.device)
-    described = source.describe()
-    choices = {g: HydraConfig.get().runtime.choices.get(g) for g in ("algorithm", "dataset", "backbone")}
-    choices["preset"] = presets.applied(HydraConfig.get().runtime.choices.get("preset")) or "none"
-    saved: dict[str, Any] = {"config": config, "choices": choices, "meta_cli_version": __version__, **described}
-    if source.task == "classification":
-        saved["classes"] = source.num_classes("train")  # what a classifier over them was built for
-    columns = RL_METRICS_COLUMNS if source.task == "rl" else METRICS_COLUMNS
-    outputs = RunOutputs(out, columns, saved, settings.keep_checkpoints,
-                         lambda **kw: build.instantiate(config["logger"], run_dir=out, **kw), writes=world.main)
-    trainer = build.trainer(run, settings, world, outputs)
-    if resumed is not None:
-        path, payload = resumed
-        resume.check_config(payload, config, path)
-        if payload.get("splits") != described["splits"]:
-            raise UserError(f"checkpoint {path} was trained on other class splits than "
-                            f"{config['dataset'].get('root')} gives now; use the same data.")
-        resume.load_weights(algorithm, payload["algorithm"], path)
-        trainer.load_state_dict(payload)
-        log.info("resuming %s from iteration %d (%s)", out, trainer.iteration, path.name)
-    else:
-        if config["init"] is not None:  # transfer: the backbone from another run, the rest new
-            saved["init"] = init.load_backbone(algorithm, config["init"], config["backbone"])
-            log.info("backbone from %s (sha256 %s)", saved["init"]["path"], saved["init"]["sha256"][:12])
-        if world.main:
-            (out / "splits.json").write_text(json.dumps(described["splits"], indent=1))
-        log.info("run dir %s on %s%s; preset %s", out, run.device,
+    choices = {g: hydra_config.runtime.choices.get(g) for g in ("algorithm", "dataset", "backbone")}
+    choices["preset"] = presets.applied(hydra_config.runtime.choices.get("preset")) or "none"
+    saved: dict[str, Any] = {"config": config, "choices": choices, "meta_cli_version": __version__,
+                             **run.source.describe()}
+    if run.source.task == "classification":
+        saved["classes"] = run.source.num_classes("train")  # what a classifier over them was built for
+    metrics = MetricsLog(lambda **kw: instantiate(config["logger"], run_dir=out, **kw),
+                         run.regime.metrics_columns(), writes=world.main)
+    keeper = Checkpointer(out, saved, spec.train.keep_checkpoints, spec.train.checkpoint_every,
+                          writes=world.main, before_save=metrics.sync)
+    trainer = Trainer(run.model, run.regime, keeper, metrics, spec.train, world)
+    keeper.start(trainer, run.model, config)
+    if trainer.iteration == 0:
+        log.info("run dir %s on %s%s; preset %s", out, spec.device,
                  f", {world.size} processes" if world.size > 1 else "",
                  f"{choices['preset']} (conf/preset/{choices['preset']}.yaml)" if choices["preset"] != "none" else "none")
     best = trainer.fit()
     log.info("best %s %.4f at iteration %s", best["metric"], best["value"], best["iteration"])
 
     world.barrier()  # best.pt is rank 0's
-    best_path = (out / "checkpoints" / "best.pt").resolve()
-    payload = checkpoint.load(best_path, require_manifest=True)
-    resume.load_weights(algorithm, payload["algorithm"], best_path)
-    meta_test(algorithm, source, evaluation, choices, config["seed"], best_path, world, out)
+    best_path = keeper.load_best(run.model)
+    identity = {**choices, "seed": config["seed"], "checkpoint": str(best_path)}
+    run.regime.meta_test(spec.evaluation, identity, out)
     return best["value"]
 
 
-def precheck(config: dict[str, Any], sources: dict[str, Any]) -> None:
+def precheck(config: dict[str, Any], sources: dict[str, Any], processes: int = 1) -> None:
     """Everything a job checks before its first step (the CLI's pre-flight, for every job);
-    `sources` keeps the datasets opened for earlier jobs of the sweep."""
-    build.check_train(config, sources)
+    `sources` keeps the datasets opened for earlier jobs of the sweep; `processes` will share it."""
+    from meta_cli.engine.build import check_train
+    from meta_cli.rundir import checkpointer
+
+    spec = check_train(config, sources)
+    spec.regime.check_world(spec.train, processes)
     given = config["resume"]
-    if given is not None:
-        resumed = resume.find(given, resume.run_of(given) if isinstance(given, str) else Path())
+    if given is not None:  # a resume= that is no path: find() names the fault
+        resumed = checkpointer.find(given, checkpointer.run_of(given) if isinstance(given, str) else Path())
         if resumed is not None:
-            resume.check_config(resumed[1], config, resumed[0])
+            checkpointer.check_compatible(resumed[1], config, resumed[0])
 
 
 @hydra.main(version_base="1.3", config_path="pkg://meta_cli.conf", config_name="train")

@@ -31,6 +31,13 @@ class Episode:
     #: so that a meta-batch split across processes draws what one process draws.
     seed: int | None = None
 
+    @property
+    def ways(self) -> int:
+        """The classes of a classification episode, whose labels are 0..ways-1 (regression: 1)."""
+        if self.support_labels.is_floating_point():
+            return 1
+        return int(self.support_labels.max()) + 1
+
     def to(self, device: torch.device | str) -> "Episode":
         return Episode(*(t.to(device, non_blocking=True) for t in
                          (self.support, self.support_labels, self.query, self.query_labels)), self.seed)

@@ -132,26 +132,6 @@ class ImageTransform:
         return _made(**values)
 
 
-def from_preprocessing(steps: dict[str, Any]) -> ImageTransform:
-    """The transform that a checkpoint written before transforms existed describes with its
-    "preprocessing" dict; ValueError if it is neither of the two kinds that were written:
-
-    - Omniglot's: {image_size, channels: 1, resize: "lanczos", invert: true, ...}: 0..1 inputs;
-    - the image datasets': {image_size, channels, scale: "0..1", mean, std, resize: ...}, where
-      resize described the stored files; a file of another size was LANCZOS-resized.
-    """
-    size, channels = steps.get("image_size"), steps.get("channels")
-    if not isinstance(size, int) or channels not in (1, 3):
-        raise ValueError("no image_size and channels recorded")
-    if steps.get("invert") is True:
-        if channels == 1 and steps.get("resize") == "lanczos":
-            return _made(size=size, channels=1, invert=True)
-        raise ValueError("an inverted image other than Omniglot's (1 channel, LANCZOS)")
-    if steps.get("scale") == "0..1" and "mean" in steps and "std" in steps:
-        return _made(size=size, channels=channels, mean=steps["mean"], std=steps["std"])
-    raise ValueError("neither Omniglot's nor the image datasets' preprocessing")
-
-
 def _made(**values: Any) -> ImageTransform:
     """ImageTransform(**values) from recorded values; any bad value is a ValueError."""
     try:

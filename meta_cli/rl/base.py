@@ -57,6 +57,8 @@ class RLAlgorithm(nn.Module):
 
     injected = ("source",)
     tasks: tuple[str, ...] = ("rl",)
+    #: How it learns (see meta_cli.engine.regimes): it samples its own rollouts.
+    regime = "meta_cli.engine.regimes.rollouts.Rollouts"
 
     def __init__(
         self,

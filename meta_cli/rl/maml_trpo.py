@@ -17,64 +17,36 @@ second-order Fisher product, 2.2-2.5x faster per Fisher product on navigation2d.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch.distributions import Normal
 
 from meta_cli.errors import UserError
-from meta_cli.params import Ge, Gt
 from meta_cli.rl import ppo, trpo
-from meta_cli.rl.base import RLAlgorithm
 from meta_cli.rl.meta_batch import MetaBatch, Stacked
-from meta_cli.rl.policy import Activation, GaussianMLP
+from meta_cli.rl.outer import TRPOOuter
+from meta_cli.rl.policy import GaussianMLP
 from meta_cli.rl.rollout import Rollout
 from meta_cli.rl.tasks import RLTask, RLTaskSource
 
 
-class MAMLTRPO(RLAlgorithm):
+class MAMLTRPO(TRPOOuter):
+    """MAML's inner loop under a TRPO/PPO outer step: the keys below, then TRPOOuter's."""
+
     def __init__(
         self,
         source: RLTaskSource,
-        fast_lr: Annotated[float, Gt(0)] = 0.1,
-        adaptation_steps: Annotated[int, Ge(1)] = 1,
         first_order: bool = False,
-        outer: Literal["trpo", "ppo"] = "trpo",
         backend: Literal["batched", "l2l"] = "batched",
-        max_kl: Annotated[float, Gt(0)] = 0.01,
-        cg_iterations: Annotated[int, Ge(1)] = 10,
-        cg_damping: Annotated[float, Ge(0)] = 1e-5,
-        fisher_subsample: Annotated[int, Ge(1)] = 1,
-        ls_steps: Annotated[int, Ge(1)] = 15,
-        ls_backtrack: Annotated[float, Gt(0)] = 0.8,
-        ppo_clip: Annotated[float, Gt(0)] = 0.2,
-        ppo_epochs: Annotated[int, Ge(1)] = 5,
-        ppo_lr: Annotated[float, Gt(0)] = 1e-3,
-        hidden: list[Annotated[int, Ge(1)]] = (100, 100),
-        activation: Activation = "tanh",
-        init_std: Annotated[float, Gt(0)] = 1.0,
-        normalize_advantages: bool = True,
+        **outer: Any,
     ) -> None:
-        super().__init__(source, fast_lr, adaptation_steps, hidden, activation, init_std, normalize_advantages)
-        if ls_backtrack >= 1:
-            raise UserError(f"algorithm.ls_backtrack must be below 1 (a fraction); got {ls_backtrack}.")
-        if fisher_subsample > 1 and backend != "batched":
+        super().__init__(source, **outer)
+        if self.fisher_subsample > 1 and backend != "batched":
             raise UserError("algorithm.fisher_subsample applies to backend=batched; set "
                             "algorithm.backend=batched or algorithm.fisher_subsample=1.")
-        self.fisher_subsample = fisher_subsample
         self.first_order = first_order
-        self.outer, self.backend = outer, backend
-        self.max_kl, self.cg_iterations, self.cg_damping = max_kl, cg_iterations, cg_damping
-        self.ls_steps, self.ls_backtrack = ls_steps, ls_backtrack
-        self.ppo_clip, self.ppo_epochs = ppo_clip, ppo_epochs
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=ppo_lr) if outer == "ppo" else None
-
-    def outer_state_dict(self) -> dict:
-        return self.optimizer.state_dict() if self.optimizer is not None else {}
-
-    def load_outer_state_dict(self, state: dict) -> None:
-        if self.optimizer is not None and state:
-            self.optimizer.load_state_dict(state)
+        self.backend = backend
 
     def objective(self, rollouts: list[list[Rollout]], old: list[Normal | None], second_order: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable[[], Callable]]:

@@ -11,49 +11,20 @@ then n more trajectories; they are not trained on.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
 
 import torch
 from torch.distributions import Normal
 
-from meta_cli.params import Ge, Gt
 from meta_cli.rl import ppo, trpo
-from meta_cli.rl.maml_trpo import MAMLTRPO
 from meta_cli.rl.meta_batch import Stacked
-from meta_cli.rl.policy import Activation, GaussianMLP
+from meta_cli.rl.outer import TRPOOuter
+from meta_cli.rl.policy import GaussianMLP
 from meta_cli.rl.rollout import Rollout
-from meta_cli.rl.tasks import RLTask, RLTaskSource
+from meta_cli.rl.tasks import RLTask
 
 
-class PretrainRL(MAMLTRPO):
-    """maml_trpo's keys but first_order and backend: there is no inner loop to train through."""
-
-    def __init__(
-        self,
-        source: RLTaskSource,
-        fast_lr: Annotated[float, Gt(0)] = 0.1,
-        adaptation_steps: Annotated[int, Ge(1)] = 1,
-        outer: Literal["trpo", "ppo"] = "trpo",
-        max_kl: Annotated[float, Gt(0)] = 0.01,
-        cg_iterations: Annotated[int, Ge(1)] = 10,
-        cg_damping: Annotated[float, Ge(0)] = 1e-5,
-        fisher_subsample: Annotated[int, Ge(1)] = 1,
-        ls_steps: Annotated[int, Ge(1)] = 15,
-        ls_backtrack: Annotated[float, Gt(0)] = 0.8,
-        ppo_clip: Annotated[float, Gt(0)] = 0.2,
-        ppo_epochs: Annotated[int, Ge(1)] = 5,
-        ppo_lr: Annotated[float, Gt(0)] = 1e-3,
-        hidden: list[Annotated[int, Ge(1)]] = (100, 100),
-        activation: Activation = "tanh",
-        init_std: Annotated[float, Gt(0)] = 1.0,
-        normalize_advantages: bool = True,
-    ) -> None:
-        super().__init__(source, fast_lr=fast_lr, adaptation_steps=adaptation_steps, outer=outer,
-                         max_kl=max_kl, cg_iterations=cg_iterations, cg_damping=cg_damping,
-                         fisher_subsample=fisher_subsample,
-                         ls_steps=ls_steps, ls_backtrack=ls_backtrack, ppo_clip=ppo_clip,
-                         ppo_epochs=ppo_epochs, ppo_lr=ppo_lr, hidden=hidden, activation=activation,
-                         init_std=init_std, normalize_advantages=normalize_advantages)
+class PretrainRL(TRPOOuter):
+    """TRPOOuter's keys: no inner loop to train through (no first_order, no backend)."""
 
     def pooled(self, batch: Stacked, old: list[Normal | None], rows: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

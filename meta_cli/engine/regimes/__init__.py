@@ -1,0 +1,1 @@
+"""How an algorithm learns: from episodes, mini-batches or rollouts. See `base.Regime`."""

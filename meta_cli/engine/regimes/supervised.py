@@ -1,0 +1,101 @@
+"""What the regimes of labelled data share: a backbone under an algorithm, checked against
+the dataset's shapes, validated and meta-tested on seeded episodes (accuracy.csv)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.utils import get_object
+from torch import nn
+
+from meta_cli.engine.regimes.base import Regime
+from meta_cli.engine.instantiate import arguments, instantiate
+from meta_cli.errors import UserError
+from meta_cli.evaluation.episodes import EpisodeValidation, EvalSettings, test_rows, write_results
+
+if TYPE_CHECKING:
+    from meta_cli.engine.build import TrainSpec
+
+
+def outputs_of(task: str, ways: int) -> int:
+    """The model's outputs: one per way for classification, one value for regression."""
+    return ways if task == "classification" else 1
+
+
+def check_model(config: dict[str, Any], task: str, input_shape: tuple[int, ...]) -> None:
+    """The algorithm's and the backbone's own checks, on the config alone (the task first:
+    it decides what else can be said)."""
+    algorithm = get_object(config["algorithm"]["_target_"])
+    algorithm.check_task(task)
+    backbone = get_object(config["backbone"]["_target_"])
+    algorithm.check(task, vmap_blocker=backbone.vmap_blocker(**arguments(config["backbone"])),
+                    **arguments(config["algorithm"]))
+    backbone.check(input_shape, **arguments(config["backbone"]))
+
+
+def check_ways(node: dict[str, Any], outputs: int, asked: dict[str, list[int]]) -> None:
+    """The algorithm's own limits on the ways each setting asks of it (`Algorithm.check_ways`)."""
+    algorithm = get_object(node["_target_"])
+    for key, values in asked.items():
+        for ways in values:
+            algorithm.check_ways(ways, key, outputs, **arguments(node))
+
+
+class Supervised(Regime):
+    """A regime of labelled data (episodes, mini-batches): the model is the algorithm on a
+    backbone, validated and meta-tested on episodes."""
+
+    @classmethod
+    def check(cls, spec: "TrainSpec") -> None:
+        source, train, config = spec.source, spec.train, spec.config
+        check_model(config, source.task, source.input_shape)
+        if train.ways is not None and source.task != "classification":
+            raise UserError("train.ways applies to classification only; leave it null.")
+        outputs = outputs_of(source.task, source.ways)
+        check_ways(config["algorithm"], outputs, {"train.ways": [train.ways] if train.ways else []})
+        cls.check_training(spec)
+        source.check("val", source.ways, source.shots, source.query, use="validation")
+        cls.check_eval(config["algorithm"], source, spec.evaluation, outputs)
+
+    @classmethod
+    def check_training(cls, spec: "TrainSpec") -> None:
+        """What the regime's training steps need of the data and of `train.*`."""
+
+    @classmethod
+    def check_eval(cls, algorithm: dict[str, Any], source: Any, evaluation: EvalSettings,
+                   outputs: int) -> None:
+        evaluation.settings(source)  # the data can give every (ways, shots, query) asked
+        check_ways(algorithm, outputs, {"eval.ways": evaluation.ways or []})
+
+    @classmethod
+    def build(cls, config: dict[str, Any], source: Any, classes: int | None = None) -> nn.Module:
+        backbone = instantiate(config["backbone"], input_shape=source.input_shape)
+        algorithm = get_object(config["algorithm"]["_target_"])
+        extra = {}
+        if "classes" in algorithm.injected:  # a classifier over every training class (pretrain)
+            extra["classes"] = classes if classes is not None else source.num_classes("train")
+        return instantiate(config["algorithm"], backbone=backbone, task=source.task,
+                           outputs=outputs_of(source.task, source.ways), **extra)
+
+    @property
+    def _validation(self) -> EpisodeValidation:
+        if not hasattr(self, "_episodes"):
+            self._episodes = EpisodeValidation(self.model, self.source, self.settings.val_episodes,
+                                               self.seed, self.world)
+        return self._episodes
+
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        return "val_accuracy" if self.source.task == "classification" else "val_loss"
+
+    def better(self, value: float, best: float) -> bool:
+        return self._validation.better(value, best)
+
+    def validate(self, iteration: int) -> tuple[float, dict[str, float | None]]:
+        return self._validation(iteration)
+
+    def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
+        rows = test_rows(self.model, self.source, evaluation, identity, self.world)
+        if self.world.main:
+            write_results(out, rows)
+        return rows[0]["accuracy"] if self.source.task == "classification" else rows[0]["loss"]

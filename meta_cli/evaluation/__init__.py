@@ -1,0 +1,1 @@
+"""Meta-testing: seeded episodes, mean +- 95 % intervals, the result CSVs."""

@@ -1,0 +1,174 @@
+"""Meta-testing: a fixed, seeded set of episodes; accuracy +- ci95 per (ways, shots), written
+to accuracy.csv and episodes.csv."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+
+from meta_cli.algorithms.base import Algorithm
+from meta_cli.data.base import Split, TaskSource
+from meta_cli.runtime.distributed import World
+from meta_cli.errors import UserError
+from meta_cli.evaluation.metrics import mean_ci95
+from meta_cli.rundir.outputs import format_table, write_accuracy, write_episodes
+from meta_cli.params import Ge
+
+Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
+Shots = Annotated[int, Ge(1)] | list[Annotated[int, Ge(1)]] | None
+
+
+@dataclass
+class EvalSettings:
+    """`eval.*`: which episodes to test on. Same seed -> the same episodes, every time."""
+
+    episodes: Annotated[int, Ge(1)] = 600
+    seed: Annotated[int, Ge(0)] = 0
+    split: Literal["train", "val", "test"] = "test"
+    ways: Ways = None
+    shots: Shots = None
+    query: Annotated[int, Ge(1)] | None = None
+    #: Meta-RL: the test tasks, each adapted from the meta-trained policy (returns.csv).
+    tasks: Annotated[int, Ge(1)] = 40
+
+    def __post_init__(self) -> None:
+        # One form from here on: a list, or None for the dataset's.
+        self.ways = _as_list(self.ways)
+        self.shots = _as_list(self.shots)
+
+    def fill_from(self, source: TaskSource) -> None:
+        """Take the data's ways, shots and query where eval.* leaves them unset: `meta-cli eval`
+        cannot change dataset.*, so its messages must name eval.* keys only."""
+        if getattr(source, "task", None) not in ("classification", "regression"):
+            return
+        if self.ways is None and source.task == "classification":
+            self.ways = [source.ways]
+        self.shots = self.shots or [source.shots]
+        self.query = self.query if self.query is not None else source.query
+
+    def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
+        """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give
+        (what the model can answer is the algorithm's `check_ways`)."""
+        ways = self.ways or [source.ways]
+        shots = self.shots or [source.shots]
+        query = self.query if self.query is not None else source.query
+        if source.task == "regression" and self.ways is not None:
+            raise UserError("eval.ways does not apply to regression; leave it unset.")
+        combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
+        keys = {"ways": "eval.ways" if self.ways is not None else "dataset.ways",
+                "shots": "eval.shots" if self.shots is not None else "dataset.shots",
+                "query": "eval.query" if self.query is not None else "dataset.query"}
+        defaults = [k for k in ("ways", "shots", "query") if keys[k].startswith("dataset.")]
+        hint = (f"Meta-testing takes {', '.join(keys[k] for k in defaults)} unless "
+                f"{', '.join('eval.' + k for k in defaults)} {'is' if len(defaults) == 1 else 'are'} set."
+                if defaults else "")
+        for w, s, q in combos:
+            source.check(self.split, w, s, q, keys=keys, use="meta-testing", hint=hint)
+        return combos
+
+
+def _as_list(value: int | list[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@dataclass
+class Result:
+    ways: int
+    shots: int
+    query: int
+    episodes: int
+    accuracy: float  # nan for regression
+    ci95: float  # of accuracy; of the loss for regression
+    loss: float
+    #: Per episode, in episode order: query loss and accuracy (None for regression), kept in
+    #: episodes.csv so intervals can be recomputed and runs compared episode for episode.
+    episode_losses: list[float] = field(default_factory=list)
+    episode_accuracies: list[float] = field(default_factory=list)
+
+
+def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
+             ways: int, shots: int, query: int, world: World = World()) -> Result:
+    """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
+
+    Each process evaluates its contiguous share of the episode numbers and the per-episode
+    results are gathered in episode order, so any number of processes gives the result of one.
+    """
+    losses, accuracies = [], []
+    with torch.no_grad():
+        for index in world.share(episodes):
+            episode = source.episode(split, index, seed, ways, shots, query)
+            episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
+            losses.append(episode_loss.item())
+            if episode_accuracy is not None:
+                accuracies.append(episode_accuracy.item())
+    losses, accuracies = world.gather(losses), world.gather(accuracies)
+    mean_loss, loss_ci = mean_ci95(losses)
+    if accuracies:
+        mean_acc, acc_ci = mean_ci95(accuracies)
+        return Result(ways, shots, query, episodes, mean_acc, acc_ci, mean_loss, losses, accuracies)
+    return Result(ways, shots, query, episodes, math.nan, loss_ci, mean_loss, losses)
+
+
+class EpisodeValidation:
+    """Meta-validation: accuracy (loss for regression) over `episodes` fixed val episodes of
+    the dataset's shape, meta-tested as in `eval` and split across processes."""
+
+    def __init__(self, algorithm: Algorithm, source: TaskSource, episodes: int, seed: int,
+                 world: World = World()) -> None:
+        self.algorithm, self.source, self.episodes, self.seed, self.world = algorithm, source, episodes, seed, world
+        self.classification = source.task == "classification"
+        self.metric = "val_accuracy" if self.classification else "val_loss"
+
+    def better(self, value: float, best: float) -> bool:
+        return value > best if self.classification else value < best
+
+    def __call__(self, iteration: int) -> tuple[float, dict[str, float | None]]:
+        # As meta-testing: dropout off, running statistics (resnet12, wrn28) used, not updated.
+        self.algorithm.eval()
+        try:
+            result = evaluate(self.algorithm, self.source, "val", self.episodes, self.seed,
+                              self.source.ways, self.source.shots, self.source.query, self.world)
+        finally:
+            self.algorithm.train()
+        if not math.isfinite(result.loss):
+            raise UserError(f"the val loss is {result.loss} at iteration {iteration} (split val); the last "
+                            f"good checkpoint is kept: lower train.meta_lr.")
+        accuracy = None if math.isnan(result.accuracy) else result.accuracy
+        return (accuracy if self.classification else result.loss), {"loss": result.loss, "accuracy": accuracy}
+
+
+def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings,
+              identity: dict[str, Any], world: World = World()) -> list[dict[str, Any]]:
+    """accuracy.csv rows, one per (ways, shots) of `evaluation`; `identity` names the run
+    (algorithm, dataset, backbone, seed, checkpoint). With several processes each meta-tests
+    its share of the episodes (`evaluate`)."""
+    algorithm.eval()
+    rows: list[dict[str, Any]] = []
+    for ways, shots, query in evaluation.settings(source):
+        result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
+                          evaluation.seed, ways, shots, query, world)
+        rows.append({
+            **identity,
+            "ways": ways if source.task == "classification" else None,
+            "shots": shots, "query": query, "split": evaluation.split,
+            "episodes": result.episodes, "accuracy": result.accuracy, "ci95": result.ci95,
+            "loss": result.loss, "_episodes": result,
+        })
+    return rows
+
+
+def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """accuracy.csv, episodes.csv (every episode of every row), and the table on stdout."""
+    write_episodes(run_dir / "episodes.csv", [
+        {"ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
+         "episode": i, "loss": loss,
+         "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
+        for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
+    write_accuracy(run_dir / "accuracy.csv", rows)
+    print(format_table(rows), flush=True)

@@ -1,0 +1,113 @@
+"""What a run writes besides its checkpoints: metrics.csv through `MetricsLog`, the result
+CSVs (accuracy.csv, episodes.csv, ...), whole and atomically; the one text-table formatter of
+the CLI."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from meta_cli.atomic import write_atomic
+
+ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
+                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell: empty for None/NaN, floats to 6 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+class MetricsLog:
+    """metrics.csv (and TensorBoard) through the run's logger: a train row every
+    `train.log_every` steps, a val row per validation.
+
+    Only rank 0 writes (`writes=True`); the other ranks hold one that writes nothing but counts
+    the rows it would have written, so that every rank's state (a checkpoint's row count
+    included) is the same. A resumed run cuts the file back to the rows its checkpoint counts.
+    """
+
+    def __init__(self, make_logger: Callable[..., Any], columns: list[str], writes: bool = True) -> None:
+        self.make_logger, self.columns, self.writes = make_logger, columns, writes
+        self.rows = 0  # data rows of metrics.csv that belong to the run so far
+        self._logger: Any = None
+
+    @contextlib.contextmanager
+    def opened(self, start_iteration: int) -> Iterator["MetricsLog"]:
+        """The logger open for the block, metrics.csv cut back to the rows the run counts."""
+        if not self.writes:
+            yield self
+            return
+        self._logger = self.make_logger(columns=self.columns, keep_rows=self.rows,
+                                        start_iteration=start_iteration)
+        try:
+            yield self
+        finally:
+            self._logger.close()
+            self._logger = None
+
+    def row(self, iteration: int, split: str, values: dict[str, Any]) -> None:
+        self.rows += 1
+        if self.writes:
+            self._logger.log(iteration, split, values)
+
+    def sync(self) -> None:
+        """The rows so far on disk: before a checkpoint that counts them is committed."""
+        if self._logger is not None:
+            self._logger.sync()
+
+
+EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+
+
+def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
+    """A whole CSV file, written atomically; keys outside `columns` are ignored."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell(row.get(k)) for k in columns})
+    write_atomic(path, text.getvalue().encode())
+
+
+def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_csv(path, ACCURACY_COLUMNS, rows)
+
+
+def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """One row per meta-test episode (episode = its index from eval.seed)."""
+    write_csv(path, EPISODE_COLUMNS, rows)
+
+
+def text_table(rows: Any, columns: list[str] | None = None) -> str:
+    """Rows (dicts, or a DataFrame) as an aligned text table: a header line, then one line per
+    row, each column as wide as its widest cell; empty cells for missing values. The one
+    table formatter of the CLI (train/eval results, report, predict)."""
+    if hasattr(rows, "to_dict"):  # a pandas DataFrame
+        columns = columns or [str(c) for c in rows.columns]
+        rows = rows.astype(object).where(rows.notna(), "").to_dict("records")
+    columns = columns or list(rows[0]) if rows else (columns or [])
+    cells = [[str(cell(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    lines = [columns, *cells]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """accuracy.csv rows for the terminal: accuracy ± ci95 in %, or the loss ± ci95."""
+    shown = []
+    for row in rows:
+        cells = {k: row.get(k) for k in ("algorithm", "dataset", "ways", "shots", "query", "split", "episodes")}
+        if row.get("accuracy") is not None and not math.isnan(row["accuracy"]):
+            cells["accuracy"], cells["loss"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %", row["loss"]
+        else:
+            cells["accuracy"], cells["loss"] = None, f"{row['loss']:.4f} +- {row['ci95']:.4f}"
+        shown.append(cells)
+    return text_table(shown)
