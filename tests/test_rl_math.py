@@ -1,4 +1,4 @@
-"""Issue 26's meta-RL core against hand-computed cases and independent solvers, in-process."""
+"""The meta-RL core against hand-computed cases and independent solvers, in-process."""
 import math
 import sys
 

@@ -85,10 +85,6 @@ class ClassSampler:
         return len(self.class_images) * self.variants
 
     @property
-    def min_images_per_class(self) -> int:
-        return min(len(c) for c in self.class_images)
-
-    @property
     def num_examples(self) -> int:
         """(image, class) pairs an epoch visits: every image once as each of its class variants."""
         return len(self._flat) * self.variants

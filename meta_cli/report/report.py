@@ -20,7 +20,6 @@ from meta_cli.report.summary import job_dirs, summary, write_summary
 
 CURVES = "learning_curves.png"
 RESULTS = "test_results.png"
-SETTING_COLUMNS = ["setting", "ways", "shots", "split"]
 
 
 def _overrides(value: object) -> list[str]:

@@ -1,4 +1,5 @@
-"""Issue 3's algorithms against cases computed by hand (or by an independent solver)."""
+"""Meta-SGD, ANIL, Reptile, Matching Networks and MetaOptNet against cases computed by hand (or
+by an independent solver)."""
 import numpy as np
 import pytest
 import torch

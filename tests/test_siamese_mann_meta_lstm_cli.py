@@ -1,4 +1,4 @@
-"""Issue 24's families through the real CLI on the real Omniglot files: one sweep trains the three,
+"""Siamese, MANN and Meta-LSTM through the real CLI on the real Omniglot files: one sweep trains the three,
 `eval` reproduces each checkpoint's numbers, MANN and Meta-LSTM regress on sinusoid, MANN labels
 image files with `predict`, and bad input stops with one line."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 24's families (Siamese, MANN, Meta-LSTM) against cases computed here by hand."""
+"""Siamese, MANN and Meta-LSTM against cases computed here by hand."""
 import io
 import math
 
