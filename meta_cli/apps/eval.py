@@ -46,7 +46,7 @@ def _check(config: dict[str, Any]) -> EvalSpec:
     restored = restore(config["checkpoint"], config["algorithm"], config["data_root"])
     evaluation: EvalSettings = instantiate(config["eval"])
     evaluation.fill_from(restored.data)
-    check_backend(config["distributed"]["backend"], instantiate(config["device"]).type)
+    check_backend(instantiate(config["distributed"]).backend, instantiate(config["device"]).type)
     restored.regime.check_eval(restored.config["algorithm"], restored.data, evaluation,
                                getattr(restored.model, "outputs", 1))
     return EvalSpec(restored, evaluation, config)
