@@ -42,7 +42,8 @@ def trainer(run: Run, settings: TrainSettings, world: World, outputs: RunOutputs
     bf16 = uses_bf16(settings.precision, run.device.type)
     step_kind = BatchStep if algorithm.learns_from == "batches" else EpisodeStep
     step = step_kind(algorithm, source, settings, seed, optimizer, world, bf16)
-    validate = EpisodeValidation(algorithm, source, settings.val_episodes, seed, world)
+    validate = EpisodeValidation(algorithm, source, settings.val_episodes, seed, world,
+                                 run.config.get("eval", {}).get("threads", 1))
     return Trainer(algorithm, step, validate, outputs, settings, world, optimizer,
                    schedule(optimizer, settings.lr_schedule, settings.iterations))
 

@@ -1,10 +1,11 @@
 """Meta-testing: a fixed, seeded set of episodes; accuracy +- ci95 per (ways, shots)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Iterator, Literal, Protocol
 
 import torch
 
@@ -31,6 +32,13 @@ class EvalSettings:
     query: Annotated[int, Ge(1)] | None = None
     #: Meta-RL: the test tasks, each adapted from the meta-trained policy (returns.csv).
     tasks: Annotated[int, Ge(1)] = 40
+    #: Intra-op threads of each process while it meta-tests. A CPU kernel's sums (MAML's
+    #: test-time gradients, a convolution) are split by thread, so the last digits of an
+    #: episode depend on the thread count: a fixed count gives the same numbers on any number
+    #: of processes (distributed.processes=N: one process per core, each at 1 thread, is the
+    #: fast way to meta-test on many cores). null: the process's own threads (faster on one
+    #: process with many cores, but then the numbers depend on the cores and processes).
+    threads: Annotated[int, Ge(1)] | None = 1
 
     def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
         """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give
@@ -74,15 +82,30 @@ class Result:
     episode_accuracies: list[float] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block (None: left as they are)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
-             ways: int, shots: int, query: int, world: World = World()) -> Result:
+             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1) -> Result:
     """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
 
-    Each process evaluates its contiguous share of the episode numbers and the per-episode
-    results are gathered in episode order, so any number of processes gives the result of one.
+    Each process evaluates its contiguous share of the episode numbers at `threads` intra-op
+    threads and the per-episode results are gathered in episode order, so any number of
+    processes gives the result of one (at the same `threads`).
     """
     losses, accuracies = [], []
-    with torch.no_grad():
+    with torch.no_grad(), intra_op_threads(threads):
         for index in world.share(episodes):
             episode = source.episode(split, index, seed, ways, shots, query)
             episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
@@ -114,8 +137,9 @@ class EpisodeValidation:
     the dataset's shape, meta-tested as in `eval` and split across processes."""
 
     def __init__(self, algorithm: Algorithm, source: TaskSource, episodes: int, seed: int,
-                 world: World = World()) -> None:
+                 world: World = World(), threads: int | None = 1) -> None:
         self.algorithm, self.source, self.episodes, self.seed, self.world = algorithm, source, episodes, seed, world
+        self.threads = threads
         self.classification = source.task == "classification"
         self.metric = "val_accuracy" if self.classification else "val_loss"
 
@@ -127,7 +151,7 @@ class EpisodeValidation:
         self.algorithm.eval()
         try:
             result = evaluate(self.algorithm, self.source, "val", self.episodes, self.seed,
-                              self.source.ways, self.source.shots, self.source.query, self.world)
+                              self.source.ways, self.source.shots, self.source.query, self.world, self.threads)
         finally:
             self.algorithm.train()
         if not math.isfinite(result.loss):

@@ -57,13 +57,19 @@ def test_two_processes_train_and_evaluate_as_one(cli, tmp_path):
     assert float(rows[0][0]["loss"]) == pytest.approx(float(rows[0][1]["loss"]), rel=1e-5)
     best = run / "checkpoints" / "best.pt"
     outputs = {}
-    for processes in (1, 2):
+    # As a user runs them: one process with the threads of every core (2 here), two processes
+    # with one thread each (what the relaunch gives them on 2 cores). MAML's test-time inner
+    # loop sums its gradients in thread-sized chunks: these differ unless eval pins its threads.
+    for processes, threads in ((1, "2"), (2, "1")):
         result = cli("eval", f"checkpoint={best}", "eval.episodes=10", f"distributed.processes={processes}",
-                     f"hydra.run.dir=eval{processes}", env=one_thread)
+                     f"hydra.run.dir=eval{processes}", env={"OMP_NUM_THREADS": threads})
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[processes] = [(tmp_path / f"eval{processes}" / name).read_text()
                               for name in ("accuracy.csv", "episodes.csv")]
     assert outputs[1] == outputs[2]
+    # The training run's own meta-test (two single-threaded ranks) is the same as well.
+    trained = (run / "episodes.csv").read_text().splitlines()
+    assert trained == (tmp_path / "eval1" / "episodes.csv").read_text().splitlines()[:len(trained)]
 
 
 def _free_port() -> int:

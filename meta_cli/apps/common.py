@@ -27,7 +27,7 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
     rows: list[dict[str, Any]] = []
     for ways, shots, query in evaluation.settings(source):
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
-                          evaluation.seed, ways, shots, query, world)
+                          evaluation.seed, ways, shots, query, world, evaluation.threads)
         rows.append({
             "algorithm": choices["algorithm"],
             "dataset": choices["dataset"],
