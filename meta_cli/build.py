@@ -137,6 +137,7 @@ def check_train(config: dict[str, Any], sources: dict[str, TaskSource] | None = 
         for key, value in (("ways", settings.ways), ("query", settings.query), ("batch_size", settings.batch_size)):
             if value is not None:
                 raise UserError(f"train.{key} does not apply to meta-RL; leave it null.")
+        evaluation.check_applies(source.task)
         return settings, evaluation
     if settings.ways is not None and source.task != "classification":
         raise UserError("train.ways applies to classification only; leave it null.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -40,14 +41,32 @@ class EvalSettings:
     #: process with many cores, but then the numbers depend on the cores and processes).
     threads: Annotated[int, Ge(1)] | None = 1
 
+    def check_applies(self, task: str) -> None:
+        """UserError for an eval.* key set away from its default that the meta-test of `task`
+        would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
+        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        if task == "rl":
+            for key in ("episodes", "ways", "shots", "query", "threads"):
+                if key in changed:
+                    instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
+                               else " (its trajectories per step are dataset.trajectories)" if key == "shots"
+                               else "")
+                    raise UserError(f"eval.{key} does not apply to meta-RL, which meta-tests eval.tasks tasks "
+                                    f"(returns.csv, on one thread); leave eval.{key} unset{instead}.")
+            return
+        if "tasks" in changed:
+            raise UserError(f"eval.tasks applies to meta-RL only; {task} meta-tests eval.episodes episodes: "
+                            f"set eval.episodes instead and leave eval.tasks unset.")
+        if task == "regression" and self.ways is not None:
+            raise UserError("eval.ways does not apply to regression; leave it unset.")
+
     def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
         """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give
         (what the model can answer is the algorithm's `check_ways`)."""
+        self.check_applies(source.task)
         ways = _as_list(self.ways, source.ways)
         shots = _as_list(self.shots, source.shots)
         query = self.query if self.query is not None else source.query
-        if source.task == "regression" and self.ways is not None:
-            raise UserError("eval.ways does not apply to regression; leave it unset.")
         combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
         keys = {"ways": "eval.ways" if self.ways is not None else "dataset.ways",
                 "shots": "eval.shots" if self.shots is not None else "dataset.shots",

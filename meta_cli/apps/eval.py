@@ -42,6 +42,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     run = build(trained, splits=payload.get("splits") or None)
     load_weights(run.algorithm, payload["algorithm"], path)
     evaluation: EvalSettings = instantiate(config["eval"])
+    evaluation.check_applies(run.source.task)
     if run.source.task != "rl":  # meta-RL tests eval.tasks tasks, of no ways or shots
         evaluation.settings(run.source)
         eval_ways = evaluation.ways if isinstance(evaluation.ways, list) else [evaluation.ways]
