@@ -168,6 +168,23 @@ def _record_dir(run_dir: str) -> None:
         pointer.write_text(json.dumps({"run_dir": run_dir}) + "\n")
 
 
+def record_failure(message: str) -> None:
+    """A failing rank's one line, as torch's elastic launcher reads a rank's error file
+    ($TORCHELASTIC_ERROR_FILE): torchrun's failure report then shows it as the rank's
+    traceback, instead of a link on how to get one. Nothing outside a torchrun launch."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or not message:
+        return
+    import time
+
+    line = f"meta-cli: error: {message}"
+    data = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(data))
+    except OSError:  # the report falls back to torchrun's own words
+        pass
+
+
 def quiet_rank() -> bool:
     """Whether this process is a rank > 0 of a launch (its output would repeat rank 0's)."""
     from meta_cli.distributed import env_rank

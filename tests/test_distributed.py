@@ -273,8 +273,12 @@ def test_under_torchrun_a_refused_run_makes_no_run_dir(tmp_path, cache_dir):
                              "-m", "meta_cli", "train", "algorithm=fomaml", "dataset.download=false"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
-    assert "meta-cli: error: Omniglot files missing" in result.stderr
+    assert result.stderr.startswith("meta-cli: error: Omniglot files missing"), result.stderr[:3000]
     assert not (tmp_path / "outputs").exists()
+    # torchrun then prints its own report of the failed ranks (README: what torchrun adds); each
+    # rank's "traceback" in it is meta-cli's line, read from the rank's error file.
+    assert "traceback : meta-cli: error: Omniglot files missing" in result.stderr
+    assert "To enable traceback" not in result.stderr
 
 
 def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, capsys):
