@@ -95,11 +95,24 @@ def find(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | Non
     return found
 
 
+def restart_command(run: Path) -> str:
+    """The command that starts the run in `run` again from scratch (in a new run dir): its own
+    overrides (.hydra/overrides.yaml), without resume=."""
+    try:
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return "the run's own command"
+    import shlex
+
+    return shlex.join(["meta-cli", "train", *(str(o) for o in overrides if not str(o).startswith("resume="))])
+
+
 def _nothing_to_resume(folder: Path) -> str:
     """Why a run dir cannot be resumed, and what to do instead."""
     found = checkpoint.steps(folder)
     if not found:
-        return f"no step checkpoint to resume in {folder}; start a new run instead."
+        return (f"no step checkpoint to resume in {folder}: the run ended before it committed its first "
+                f"one; start it again: {restart_command(folder.parent)}")
     newest = found[0][1]
     if not checkpoint.manifest_path(newest).exists():
         return (f"no committed checkpoint to resume in {folder}: {newest.name} has no manifest (the run "
