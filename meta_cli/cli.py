@@ -105,7 +105,7 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
 
         settings = {k: v for k, v in first["distributed"].items() if not k.startswith("_")}
         world = distributed.init(distributed.DistributedSettings(**settings), pick_device(first["device"]["kind"]).type)
-        agreed = launch.agree_on_run_dir(args, multirun, world)
+        agreed = launch.agree_on_run_dir(args, multirun, world, command)
         if command == "train" and agreed != args:  # a torchrun restart finds its checkpoints there
             from meta_cli.resume import resume_args
 

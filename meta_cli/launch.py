@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,17 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_dir_default(multirun: bool) -> str:
-    """Hydra's default run (or sweep) dir for now, as conf/train.yaml names it."""
+def run_dir_default(multirun: bool, command: str = "train") -> str:
+    """Hydra's default run (or sweep) dir for now, as conf/<command>.yaml names it
+    (hydra.run.dir or hydra.sweep.dir, its `${now:FORMAT}` parts filled in)."""
+    from importlib import resources
+
+    import yaml
+
+    hydra = yaml.safe_load((resources.files("meta_cli.conf") / f"{command}.yaml").read_text())["hydra"]
+    pattern = hydra["sweep" if multirun else "run"]["dir"]
     now = datetime.now()
-    base = "outputs/multirun" if multirun else "outputs"
-    return f"{base}/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}"
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), pattern)
 
 
 def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
@@ -103,7 +110,7 @@ def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
 
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     if not any(a.startswith(key) for a in args):  # one run dir for every rank, and for restarts
-        args = [*args, key + run_dir_default(multirun)]
+        args = [*args, key + run_dir_default(multirun, command)]
     # The launcher's own chatter ("Received 15 death signal, shutting down workers"): torch's
     # elastic modules give each logger its own level, so the parent's alone would not hold.
     for name in list(logging.root.manager.loggerDict):
@@ -131,7 +138,7 @@ def relaunch(command: str, args: list[str], n: int, multirun: bool) -> int:
     return 0
 
 
-def agree_on_run_dir(args: list[str], multirun: bool, world: Any) -> list[str]:
+def agree_on_run_dir(args: list[str], multirun: bool, world: Any, command: str = "train") -> list[str]:
     """Under torchrun/SLURM, every rank adopts rank 0's run (or sweep) dir; ranks > 0 also get
     QUIET. After a torchrun restart, rank 0 takes the dir the first attempt recorded."""
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
@@ -139,7 +146,7 @@ def agree_on_run_dir(args: list[str], multirun: bool, world: Any) -> list[str]:
     if given is None:
         chosen = None
         if world.main:
-            chosen = _recorded_dir() or run_dir_default(multirun)
+            chosen = _recorded_dir() or run_dir_default(multirun, command)
             _record_dir(chosen)
         given = key + world.broadcast(chosen)
         args = [*args, given]

@@ -298,3 +298,17 @@ def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, caps
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     launch.relaunch("train", ["hydra.run.dir=x"], 2, False)
     assert capsys.readouterr().err == ""
+
+
+def test_relaunched_eval_and_predict_keep_their_own_run_dirs():
+    """The relaunch fixes the run dir before the ranks start: each command's own, as
+    conf/<command>.yaml names it (eval and predict apart from training runs)."""
+    import re
+
+    from meta_cli import launch
+
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", launch.run_dir_default(False))
+    assert re.fullmatch(r"outputs/eval/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", launch.run_dir_default(False, "eval"))
+    assert re.fullmatch(r"outputs/eval/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}",
+                        launch.run_dir_default(True, "eval"))
+    assert launch.run_dir_default(False, "predict").startswith("outputs/predict/")

@@ -42,6 +42,9 @@ def _eval(cli, tmp_path, checkpoint: Path, *overrides) -> tuple[Path, str]:
     result = cli("eval", f"checkpoint={checkpoint}", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     (new,) = set(run_dirs(tmp_path)) - before
+    # Apart from training runs, and named at the start: outputs/eval/<date>/<time>.
+    assert new.parent.parent == tmp_path / "outputs" / "eval", new
+    assert f"run dir {new}: meta-testing {checkpoint}" in result.stdout
     return new, result.stdout
 
 

@@ -116,6 +116,9 @@ def test_cli_predict_equals_eval_on_the_same_episode(algorithm, checkpoints, cli
                  f"query={tmp_path / 'images' / 'query'}", "device=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
+    # Apart from training runs, and named: outputs/predict/<date>/<time>.
+    assert run.parent.parent == tmp_path / "outputs" / "predict"
+    assert f"meta-cli: wrote {run / 'predictions.csv'}" in result.stderr
     with open(run / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "predicted_class", "score"]

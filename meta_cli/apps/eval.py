@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from meta_cli.evaluation import EvalSettings
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
 from meta_cli.validation import check_config, check_node, plain
+
+log = logging.getLogger("meta_cli.eval")
 
 
 def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[str, Any], Path]:
@@ -58,6 +61,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     algorithm = run.algorithm.to(run.device)
     if source.task == "rl":
         torch.set_num_threads(1)  # as in training: the returns repeat at one thread count
+    log.info("run dir %s: meta-testing %s on %s%s", run_dir(), path, run.device,
+             f", {world.size} processes" if world.size > 1 else "")
     return meta_test(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world, run_dir())
 
 

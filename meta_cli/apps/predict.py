@@ -7,6 +7,7 @@ checked by `precheck` before Hydra creates the run dir.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ def predict_images(cfg: DictConfig) -> int:
     rows = rows_of(prepare(cfg))
     write_csv(run_dir() / "predictions.csv", COLUMNS, rows)
     print(text_table(rows, COLUMNS), flush=True)
+    # On stderr: stdout holds the table alone.
+    print(f"meta-cli: wrote {run_dir() / 'predictions.csv'}", file=sys.stderr, flush=True)
     return len(rows)
 
 
