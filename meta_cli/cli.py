@@ -85,7 +85,7 @@ def _preflight(command: str, args: list[str]) -> tuple[list[str], int]:
     flags = set(split_args(args)[0])
     if flags & UNCHECKED_FLAGS:
         return args, 1
-    if command == "eval":  # conf/eval.yaml's `algorithm: {}` takes new keys: Hydra wants a `+`
+    if command in ("eval", "predict"):  # their `algorithm: {}` takes new keys: Hydra wants a `+`
         args = [f"+{a}" if a.startswith("algorithm.") else a for a in args]
     multirun = "-m" in flags or "--multirun" in flags
     check_plugins(split_args(args)[1])

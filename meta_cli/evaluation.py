@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Iterator, Literal, Protocol
+from typing import Annotated, Any, Iterator, Literal, Protocol
 
 import torch
 
@@ -16,6 +16,7 @@ from meta_cli.distributed import World
 from meta_cli.errors import UserError
 from meta_cli.metrics import mean_ci95
 from meta_cli.params import Ge
+from meta_cli.validation import check_node
 
 Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
 Shots = Annotated[int, Ge(1)] | list[Annotated[int, Ge(1)]] | None
@@ -78,6 +79,28 @@ class EvalSettings:
         for w, s, q in combos:
             source.check(self.split, w, s, q, keys=keys, use="meta-testing", hint=hint)
         return combos
+
+
+def with_test_time(trained: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's algorithm node with `given` test-time keys (eval's and predict's
+    `algorithm.KEY=VALUE`: `head`, `finetune`, `test_adaptation_steps`...) over it, checked
+    against the algorithm's constructor. The weights fix the algorithm itself."""
+    if not given:
+        return trained
+    if "_target_" in given:
+        raise UserError("the checkpoint fixes the algorithm; give only its test-time keys, "
+                        "e.g. algorithm.test_adaptation_steps=10 or algorithm.head=logistic.")
+    node = {**trained, **given}
+    check_node(node, "algorithm")
+    return node
+
+
+def describe_test_time(given: dict[str, Any] | None) -> str:
+    """The test-time keys as accuracy.csv's `test_settings` records them, e.g.
+    'algorithm.head=logistic algorithm.finetune=true' ('' for the checkpoint's own)."""
+    def value(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) or v is None else str(v).replace(" ", "")
+    return " ".join(f"algorithm.{k}={value(v)}" for k, v in (given or {}).items())
 
 
 def _as_list(value: int | list[int] | None, default: int) -> list[int]:

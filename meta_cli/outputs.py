@@ -17,8 +17,10 @@ METRICS_COLUMNS = ["iteration", "split", "loss", "accuracy", "tasks_per_s", "ela
 #: policy's std and the seconds spent sampling trajectories.
 RL_METRICS_COLUMNS = ["iteration", "split", "loss", "return_pre", "return_post", "kl", "policy_std",
                       "rollout_s", "tasks_per_s", "elapsed_s"]
+#: test_settings: the test-time keys an eval gave (`algorithm.head=logistic ...`; empty: the
+#: checkpoint's own), which tell two evals of one checkpoint apart.
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
-                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
+                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint", "test_settings"]
 
 
 def cell(value: Any) -> Any:
@@ -147,5 +149,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             cells["accuracy"], cells["loss"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %", row["loss"]
         else:
             cells["accuracy"], cells["loss"] = None, f"{row['loss']:.4f} +- {row['ci95']:.4f}"
+        if row.get("test_settings"):
+            cells["test_settings"] = row["test_settings"]
         shown.append(cells)
     return text_table(shown)

@@ -33,6 +33,7 @@ from meta_cli.data.image_files import decode_image
 from meta_cli.data.transform import ImageTransform, from_preprocessing
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
+from meta_cli.evaluation import with_test_time
 from meta_cli.resume import load_weights
 from meta_cli.validation import check_node
 
@@ -196,22 +197,26 @@ def checkpoint_transform(payload: dict[str, Any], path: Path) -> ImageTransform:
                         f"({exc}): {recorded or 'nothing recorded'}.") from None
 
 
-def restore(path: str | os.PathLike, device: torch.device) -> Learner:
-    """Load `path` (verified, tensors only), rebuild its model and weights on `device`."""
+def restore(path: str | os.PathLike, device: torch.device, test_time: dict[str, Any] | None = None) -> Learner:
+    """Load `path` (verified, tensors only), rebuild its model and weights on `device`, with the
+    algorithm's `test_time` settings (e.g. {"head": "logistic"}) over the checkpoint's."""
     path = Path(path).expanduser().resolve()
     payload = checkpoints.load(path)
     config = copy.deepcopy(payload["config"])
+    config["algorithm"] = with_test_time(config["algorithm"], test_time)
     algorithm, transform = _model(config, payload, path)
     load_weights(algorithm, payload["algorithm"], path)
     return Learner(algorithm, transform, device, path)
 
 
-def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Learner:
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", **test_time: Any) -> Learner:
     """The learner saved in `checkpoint` (a .pt written by `meta-cli train`).
 
     device: "auto" (cuda when visible, else cpu), "cpu", "cuda", or any torch device.
+    test_time: the algorithm's test-time settings, as `meta-cli eval algorithm.KEY=VALUE` takes
+    them, e.g. load(path, head="logistic") for a pretrain checkpoint.
     Problems with the file or the model are a UserError with a one-line message.
     """
     if device in ("auto", "cpu", "cuda"):
         device = pick_device(device)  # type: ignore[arg-type]
-    return restore(checkpoint, torch.device(device))
+    return restore(checkpoint, torch.device(device), test_time)

@@ -72,7 +72,17 @@ def test_sinusoid_train_then_eval_reproduces(cli, tmp_path):
 
     evaluated, stdout = _eval(cli, tmp_path, run / "checkpoints" / "best.pt", "eval.episodes=20")
     assert _rows(evaluated / "accuracy.csv") == [row]
-    assert "sinusoid" in stdout
+    assert "sinusoid" in stdout and row["test_settings"] == ""
+
+    # Test-time keys are recorded, in the table and in accuracy.csv: two evals of one
+    # checkpoint can be told apart.
+    other, stdout = _eval(cli, tmp_path, run / "checkpoints" / "best.pt", "eval.episodes=20",
+                          "algorithm.test_adaptation_steps=3", "algorithm.first_order=true")
+    (changed,) = _rows(other / "accuracy.csv")
+    assert changed["test_settings"] == "algorithm.test_adaptation_steps=3 algorithm.first_order=true"
+    assert changed["loss"] != row["loss"]
+    header, line = stdout.strip().splitlines()[-2:]
+    assert header.split()[-1] == "test_settings" and line.endswith(changed["test_settings"])
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from meta_cli.apps.common import meta_test
 from meta_cli.build import Run, build, instantiate
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
-from meta_cli.evaluation import EvalSettings
+from meta_cli.evaluation import EvalSettings, describe_test_time, with_test_time
 from meta_cli.job import guarded, run_dir
 from meta_cli.resume import load_weights
-from meta_cli.validation import check_config, check_node, plain
+from meta_cli.validation import check_config, plain
 
 log = logging.getLogger("meta_cli.eval")
 
@@ -33,12 +33,8 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> tuple[Run, EvalSettings, dict[s
     path = Path(config["checkpoint"]).expanduser().resolve()
     payload = checkpoint.load(path)
     trained = copy.deepcopy(payload["config"])
-    if config["algorithm"]:  # test-time settings only: the weights fix everything else
-        if "_target_" in config["algorithm"]:
-            raise UserError("eval takes the checkpoint's algorithm; give only its test-time keys, "
-                            "e.g. algorithm.test_adaptation_steps=10.")
-        trained["algorithm"].update(config["algorithm"])
-        check_node(trained["algorithm"], "algorithm")
+    # test-time settings only: the weights fix everything else
+    trained["algorithm"] = with_test_time(trained["algorithm"], config["algorithm"])
     if config["data_root"] is not None and "root" in trained["dataset"]:  # sinusoid has no files
         trained["dataset"]["root"] = config["data_root"]
     trained["device"] = config["device"]
@@ -63,7 +59,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         torch.set_num_threads(1)  # as in training: the returns repeat at one thread count
     log.info("run dir %s: meta-testing %s on %s%s", run_dir(), path, run.device,
              f", {world.size} processes" if world.size > 1 else "")
-    return meta_test(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world, run_dir())
+    return meta_test(algorithm, source, evaluation, payload["choices"], run.config["seed"], path, world, run_dir(),
+                     describe_test_time(config["algorithm"]))
 
 
 def precheck(config: dict[str, Any], cache: dict[str, Any]) -> None:

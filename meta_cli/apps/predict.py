@@ -94,7 +94,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> Job:
     """Check the files, the checkpoint, the number of classes and decode every image."""
     config = plain(cfg)
     check_config("predict", config)
-    learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]))
+    learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]), config["algorithm"])
     support_paths, labels = support_set(config["support"])
     query_paths = query_set(config["query"])
     learner.check_classes(len(set(labels)))
