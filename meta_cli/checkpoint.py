@@ -45,15 +45,9 @@ def _write_error(path: Path, exc: OSError) -> UserError:
         fix = "make the run dir writable"
     else:
         fix = "fix the file system"
-    committed = latest_committed(path.parent)
-    if committed is not None:
-        state = f"the checkpoints committed so far are intact (the newest: {committed[1].name})"
-        then = f"resume with: meta-cli train resume={path.parent.parent}"
-    else:
-        from meta_cli.resume import restart_command
+    from meta_cli.resume import next_step
 
-        state = "no checkpoint was committed yet, so there is nothing to resume"
-        then = f"start the run again: {restart_command(path.parent.parent)}"
+    state, then = next_step(path.parent.parent)  # <run>/checkpoints/<name>
     return UserError(f"could not write checkpoint {path}: {exc.strerror or exc} "
                      f"(errno {exc.errno}); {state}: {fix}, then {then}")
 

@@ -107,6 +107,17 @@ def restart_command(run: Path) -> str:
     return shlex.join(["meta-cli", "train", *(str(o) for o in overrides if not str(o).startswith("resume="))])
 
 
+def next_step(run: Path) -> tuple[str, str]:
+    """For a training run that failed: what is kept, and the command that goes on from there
+    (`resume=` needs a committed step checkpoint; without one, the run's own command again)."""
+    committed = checkpoint.latest_committed(run / "checkpoints")
+    if committed is not None:
+        return (f"the checkpoints committed so far are intact (the newest: {committed[1].name})",
+                f"resume with: meta-cli train resume={run}")
+    return ("no checkpoint was committed yet, so there is nothing to resume",
+            f"start the run again: {restart_command(run)}")
+
+
 def _nothing_to_resume(folder: Path) -> str:
     """Why a run dir cannot be resumed, and what to do instead."""
     found = checkpoint.steps(folder)
