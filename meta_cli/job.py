@@ -70,7 +70,7 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     allocator.tune_process()  # here, so that launcher worker processes get it too
     rank = env_rank()
     if rank > 0:
-        return _other_rank(work, rank)
+        return _other_rank(work, rank, trains)
     hydra = HydraConfig.get()
     out = run_dir()
     if trains:
@@ -92,8 +92,9 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
         status["status"] = "ok"
         return result
     except UserError as exc:
-        status.update(status="failed", error=str(exc))
-        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
+        message = _with_next_step(exc, out, trains)
+        status.update(status="failed", error=message)
+        print(f"meta-cli: error: {message}", file=sys.stderr, flush=True)
     except Exception as exc:  # a bug or an environment fault: the sweep still goes on
         (out / "error.log").write_text(traceback.format_exc())
         message = f"unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -120,7 +121,20 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     return None
 
 
-def _other_rank(work: Callable[[], T], rank: int) -> T | None:
+def _with_next_step(exc: UserError, out: Path, trains: bool) -> str:
+    """A lost rank's message, with what to do next: for training, the command that goes on
+    from the checkpoints committed so far (meta_cli.resume.next_step)."""
+    if not isinstance(exc, RankLost):
+        return str(exc)
+    if not trains:
+        return f"{exc}; run the command again"
+    from meta_cli.resume import next_step
+
+    state, then = next_step(out)
+    return f"{exc}; {state}: {then}"
+
+
+def _other_rank(work: Callable[[], T], rank: int, trains: bool = False) -> T | None:
     """A job on rank > 0 of a distributed run: it computes its share and writes nothing.
 
     An error every rank raises alike (a bad value, a non-finite loss after the all-reduce)
@@ -129,8 +143,9 @@ def _other_rank(work: Callable[[], T], rank: int) -> T | None:
     try:
         return work()
     except RankLost as exc:
-        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
-        FAILED.append(str(exc))
+        message = _with_next_step(exc, run_dir(), trains)
+        print(f"meta-cli: error: {message}", file=sys.stderr, flush=True)
+        FAILED.append(message)
     except UserError as exc:
         FAILED.append(str(exc))
     except Stopped as stop:

@@ -189,18 +189,40 @@ def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_
                   "distributed.timeout_s=30", "hydra.run.dir=run")
     _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json", proc)
     started = time.time()
-    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+    victim = _rank_pids(proc.pid)[1]
+    os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert time.time() - started < 90  # bounded, not a hang
     assert proc.returncode != 0
     errors = [line for line in err.splitlines() if line.startswith("meta-cli: error:")]
     assert len(errors) == 1 and ("died" in errors[0] or "stopped" in errors[0]), err
     assert "Traceback" not in err
+    if "died" in errors[0]:  # (the launcher may have stopped rank 0 first: then it says so)
+        # The dead rank by number and pid, no wait to sit out, and the command that goes on.
+        assert errors[0].startswith(f"meta-cli: error: rank 0 of 2: rank 1 (pid {victim}) died during "), errors[0]
+        assert "timeout_s" not in errors[0]
+        assert errors[0].endswith(f"resume with: meta-cli train resume={tmp_path / 'run'}"), errors[0]
     resumed = cli("train", "resume=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _rows(tmp_path / "run" / "metrics.csv")
     iterations = [int(r["iteration"]) for r in rows if r["split"] == "train"]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+
+
+def test_a_lost_rank_is_named_where_it_can_be(tmp_path):
+    """A rank on this host whose process ended is named with its pid; a timeout says so, and
+    a connection closed by a rank on another host says that much."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: gone from /proc
+    here = socket.gethostname()
+    world = World(0, 3, peers=((here, os.getpid()), (here, ended.pid), ("elsewhere", 1)), timeout_s=30)
+    closed = "[pair.cc:561] Connection closed by peer [127.0.0.1]:54928"
+    assert world._lost("the stop check", closed).startswith(
+        f"rank 0 of 3: rank 1 (pid {ended.pid}) died during the stop check ([pair.cc:561]")
+    alive = World(0, 2, peers=((here, os.getpid()), ("elsewhere", 1)), timeout_s=30)
+    assert alive._lost("a barrier", "Timed out waiting 30000ms for recv operation to complete").startswith(
+        "rank 0 of 2: a rank did not answer within distributed.timeout_s=30 s during a barrier")
+    assert alive._lost("a barrier", closed).startswith("rank 0 of 2: another rank died (it closed its connection")
 
 
 @pytest.mark.slow
