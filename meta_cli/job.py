@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -17,6 +18,7 @@ from meta_cli import allocator, lock, presets
 from meta_cli.atomic import write_atomic
 from meta_cli.distributed import RankLost, env_rank
 from meta_cli.errors import UserError
+from meta_cli.runlog import show, to_log_file
 from meta_cli.stopping import Stopped
 
 T = TypeVar("T")
@@ -94,23 +96,24 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     except UserError as exc:
         message = _with_next_step(exc, out, trains)
         status.update(status="failed", error=message)
-        print(f"meta-cli: error: {message}", file=sys.stderr, flush=True)
+        show(f"meta-cli: error: {message}", sys.stderr, logging.ERROR)
     except Exception as exc:  # a bug or an environment fault: the sweep still goes on
         (out / "error.log").write_text(traceback.format_exc())
         message = f"unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         status.update(status="failed", error=message)
-        print(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", file=sys.stderr, flush=True)
+        show(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", sys.stderr, logging.ERROR)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
     except Stopped as stop:
         status.update(status="stopped", error=None, signal=stop.signal_name, iteration=stop.iteration,
                       checkpoint=stop.checkpoint)
         saved = f"saved {stop.checkpoint}" if stop.checkpoint else "no checkpoint was committed yet"
-        print(f"meta-cli: stopped by {stop.signal_name} after iteration {stop.iteration}; {saved}. "
-              f"Resume with: meta-cli train resume={out}", file=sys.stderr, flush=True)
+        show(f"meta-cli: stopped by {stop.signal_name} after iteration {stop.iteration}; {saved}. "
+             f"Resume with: meta-cli train resume={out}", sys.stderr, logging.WARNING)
         raise SystemExit(stop.exit_code) from None
     except BaseException as exc:  # Ctrl-C outside meta-training (during the meta-test)
         status.update(status="stopped", error=f"interrupted ({type(exc).__name__} {exc})".strip())
+        to_log_file(f"meta-cli: {status['error']}", logging.WARNING)
         raise
     finally:
         status["end"] = _now()

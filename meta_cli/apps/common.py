@@ -16,6 +16,7 @@ from meta_cli.outputs import (
     write_csv,
     write_episodes,
 )
+from meta_cli.runlog import show
 
 
 def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings,
@@ -50,7 +51,7 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
          "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
         for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
     write_accuracy(run_dir / "accuracy.csv", rows)
-    print(format_table(rows), flush=True)
+    show(format_table(rows))
 
 
 def meta_test(algorithm: Any, source: Any, evaluation: EvalSettings, choices: dict[str, str], seed: int,
@@ -69,9 +70,9 @@ def meta_test(algorithm: Any, source: Any, evaluation: EvalSettings, choices: di
             write_csv(out / "returns.csv", list(rl.RETURNS_COLUMNS), rows)
             write_csv(out / "task_returns.csv", list(rl.TASK_COLUMNS),
                       rl.task_rows(results, source, evaluation.split, evaluation.seed))
-            print(text_table([{**r, "return": f"{r['return']:.2f} +- {r['ci95']:.2f}"} for r in rows],
-                             ["algorithm", "dataset", "split", "episodes", "steps", "return",
-                              *(["test_settings"] if test_settings else [])]), flush=True)
+            show(text_table([{**r, "return": f"{r['return']:.2f} +- {r['ci95']:.2f}"} for r in rows],
+                            ["algorithm", "dataset", "split", "episodes", "steps", "return",
+                             *(["test_settings"] if test_settings else [])]))
         return next(r.mean for r in results if r.steps == algorithm.adaptation_steps)
     rows = test_rows(algorithm, source, evaluation, choices, seed, checkpoint_path, world, test_settings)
     if world.main:

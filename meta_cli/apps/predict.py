@@ -22,6 +22,7 @@ from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
 from meta_cli.outputs import text_table, write_csv
 from meta_cli.predict import Learner, restore
+from meta_cli.runlog import show
 from meta_cli.validation import check_config, plain
 
 COLUMNS = ["path", "predicted_class", "score"]
@@ -113,9 +114,8 @@ def predict_images(cfg: DictConfig) -> int:
     """Returns the number of labelled query images."""
     rows = rows_of(prepare(cfg))
     write_csv(run_dir() / "predictions.csv", COLUMNS, rows)
-    print(text_table(rows, COLUMNS), flush=True)
-    # On stderr: stdout holds the table alone.
-    print(f"meta-cli: wrote {run_dir() / 'predictions.csv'}", file=sys.stderr, flush=True)
+    show(text_table(rows, COLUMNS))
+    show(f"meta-cli: wrote {run_dir() / 'predictions.csv'}", sys.stderr)  # stdout: the table alone
     return len(rows)
 
 
