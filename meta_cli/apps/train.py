@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from meta_cli import __version__, build, checkpoint, distributed, init, launch, presets, resume
 from meta_cli.apps.common import meta_test
+from meta_cli.budget import TimeBudget, parse_duration
 from meta_cli.device import pick_device
 from meta_cli.errors import UserError
 from meta_cli.job import guarded, run_dir
@@ -57,6 +58,9 @@ def train(cfg: DictConfig) -> float | None:
     outputs = RunOutputs(out, columns, saved, settings.keep_checkpoints,
                          lambda **kw: build.instantiate(config["logger"], run_dir=out, **kw), writes=world.main)
     trainer = build.trainer(run, settings, world, outputs)
+    if settings.time_budget is not None:  # the final meta-test's items per validation item
+        tests = evaluation.tasks if source.task == "rl" else evaluation.episodes * len(evaluation.settings(source))
+        trainer.use_budget(TimeBudget(parse_duration(settings.time_budget), settings, tests / settings.val_episodes))
     if resumed is not None:
         path, payload = resumed
         resume.check_config(payload, config, path)
