@@ -1,6 +1,7 @@
 """Errors a user can fix, and warnings: the CLI prints each as one line, without a traceback."""
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -13,8 +14,12 @@ _warned: set[str] = set()
 
 def warn(message: str) -> None:
     """`meta-cli: warning: <message>` on stderr, once per process: the pre-flight and the job
-    both load a checkpoint, and its warning must not be printed twice."""
-    if message in _warned:
-        return
-    _warned.add(message)
-    print(f"meta-cli: warning: {message}", file=sys.stderr, flush=True)
+    both load a checkpoint, and its warning must not be printed twice. The run's log gets it
+    once too (meta_cli.runlog), also when only the pre-flight printed it."""
+    from meta_cli.runlog import to_log_file
+
+    line = f"meta-cli: warning: {message}"
+    if message not in _warned:
+        _warned.add(message)
+        print(line, file=sys.stderr, flush=True)
+    to_log_file(line, logging.WARNING)

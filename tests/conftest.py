@@ -83,7 +83,12 @@ def cli(tmp_path: Path, data_root: Path, cache_dir: Path):
     def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 360) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        full_env.update({"META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir), **(env or {})})
+        extra = dict(env or {})
+        if "PYTHONPATH" in extra and os.environ.get("PYTHONPATH"):
+            # A test's own path (a sitecustomize that kills the run) goes first; the caller's
+            # stays, so the run is of the checkout under test, not of the venv's install.
+            extra["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+        full_env.update({"META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir), **extra})
         exe = Path(sys.executable).with_name("meta-cli")
         # A session of its own, so a timeout kills the ranks a launcher started as well: they
         # hold the pipes, and subprocess.run would wait on them forever.

@@ -149,3 +149,29 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     # The old file is whole; without its manifest it is no longer vouched for, never half-new.
     assert path.read_bytes() == before
     assert not list(path.parent.glob(".*.part"))
+
+
+def test_a_failed_write_names_the_command_that_goes_on(tmp_path, monkeypatch):
+    """resume= needs a committed step checkpoint: before the first one, the message gives the
+    run's own command (from .hydra/overrides.yaml) instead; after it, resume= of the run dir."""
+    from meta_cli.rundir.loggers import CsvLogger
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- dataset=sinusoid\n- train.iterations=5\n- dataset.root=/my data\n")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    first = tmp_path / "checkpoints" / checkpoint.step_name(5)
+    monkeypatch.setattr(atomic.os, "fsync", no_space)
+    with pytest.raises(UserError) as caught:
+        checkpoint.save({"iteration": 5, "algorithm": {"w": torch.zeros(3)}}, first)
+    monkeypatch.undo()
+    assert "no checkpoint was committed yet" in str(caught.value)
+    assert str(caught.value).endswith("then start the run again: meta-cli train dataset=sinusoid "
+                                      "train.iterations=5 'dataset.root=/my data'")
+    _saved(tmp_path, checkpoint.step_name(5), 5)
+    logger = CsvLogger(tmp_path, ["iteration", "split", "loss"])
+    assert str(logger._error(OSError(errno.ENOSPC, "No space left on device"))).endswith(
+        f"(the newest: step-0000005.pt): fix the disk, then resume with: meta-cli train resume={tmp_path}")
+    logger.close()

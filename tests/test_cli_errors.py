@@ -49,6 +49,8 @@ BAD_TRAIN_INPUTS = [
     (["distributed.backend=nccl", "distributed.processes=2"], ["distributed.backend=nccl", "gloo"]),
     (["device=cuda", "distributed.processes=2"], ["device=cuda", "device=cpu"]),
     (["-m", "resume=a,b"], ["resume= resumes one run"]),
+    (["eval.tasks=3"], ["eval.tasks applies to meta-RL only", "eval.episodes"]),
+    (["dataset=sinusoid", "eval.tasks=3"], ["eval.tasks applies to meta-RL only", "regression"]),
 ]
 
 
@@ -100,6 +102,16 @@ def test_eval_checkpoint_not_a_checkpoint(cli, tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     result = cli("eval", f"checkpoint={tmp_path / 'notes.pt'}")
     _assert_one_line_error(result, ["notes.pt", "not a readable PyTorch file"], tmp_path)
+
+
+def test_classification_eval_refuses_eval_tasks(cli, tmp_path):
+    """eval.tasks counts meta-RL's test tasks: a classification eval would ignore it."""
+    trained = cli("train", "preset=none", "train.iterations=1", "train.meta_batch_size=1", "train.val_episodes=1",
+                  "eval.episodes=1", "train.progress=false", "hydra.run.dir=run")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = cli("eval", f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", "eval.tasks=10")
+    _assert_one_line_error(result, ["eval.tasks applies to meta-RL only", "classification", "eval.episodes"],
+                           tmp_path)
 
 
 def test_eval_requires_checkpoint(cli, tmp_path):

@@ -57,13 +57,19 @@ def test_two_processes_train_and_evaluate_as_one(cli, tmp_path):
     assert float(rows[0][0]["loss"]) == pytest.approx(float(rows[0][1]["loss"]), rel=1e-5)
     best = run / "checkpoints" / "best.pt"
     outputs = {}
-    for processes in (1, 2):
+    # As a user runs them: one process with the threads of every core (2 here), two processes
+    # with one thread each (what the relaunch gives them on 2 cores). MAML's test-time inner
+    # loop sums its gradients in thread-sized chunks: these differ unless eval pins its threads.
+    for processes, threads in ((1, "2"), (2, "1")):
         result = cli("eval", f"checkpoint={best}", "eval.episodes=10", f"distributed.processes={processes}",
-                     f"hydra.run.dir=eval{processes}", env=one_thread)
+                     f"hydra.run.dir=eval{processes}", env={"OMP_NUM_THREADS": threads})
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[processes] = [(tmp_path / f"eval{processes}" / name).read_text()
                               for name in ("accuracy.csv", "episodes.csv")]
     assert outputs[1] == outputs[2]
+    # The training run's own meta-test (two single-threaded ranks) is the same as well.
+    trained = (run / "episodes.csv").read_text().splitlines()
+    assert trained == (tmp_path / "eval1" / "episodes.csv").read_text().splitlines()[:len(trained)]
 
 
 def _free_port() -> int:
@@ -184,18 +190,40 @@ def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path, data_root, cache_
                   "distributed.timeout_s=30", "hydra.run.dir=run")
     _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005.json", proc)
     started = time.time()
-    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+    victim = _rank_pids(proc.pid)[1]
+    os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert time.time() - started < 90  # bounded, not a hang
     assert proc.returncode != 0
     errors = [line for line in err.splitlines() if line.startswith("meta-cli: error:")]
     assert len(errors) == 1 and ("died" in errors[0] or "stopped" in errors[0]), err
     assert "Traceback" not in err
+    if "died" in errors[0]:  # (the launcher may have stopped rank 0 first: then it says so)
+        # The dead rank by number and pid, no wait to sit out, and the command that goes on.
+        assert errors[0].startswith(f"meta-cli: error: rank 0 of 2: rank 1 (pid {victim}) died during "), errors[0]
+        assert "timeout_s" not in errors[0]
+        assert errors[0].endswith(f"resume with: meta-cli train resume={tmp_path / 'run'}"), errors[0]
     resumed = cli("train", "resume=run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _rows(tmp_path / "run" / "metrics.csv")
     iterations = [int(r["iteration"]) for r in rows if r["split"] == "train"]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 60
+
+
+def test_a_lost_rank_is_named_where_it_can_be(tmp_path):
+    """A rank on this host whose process ended is named with its pid; a timeout says so, and
+    a connection closed by a rank on another host says that much."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: gone from /proc
+    here = socket.gethostname()
+    world = World(0, 3, peers=((here, os.getpid()), (here, ended.pid), ("elsewhere", 1)), timeout_s=30)
+    closed = "[pair.cc:561] Connection closed by peer [127.0.0.1]:54928"
+    assert world._lost("the stop check", closed).startswith(
+        f"rank 0 of 3: rank 1 (pid {ended.pid}) died during the stop check ([pair.cc:561]")
+    alive = World(0, 2, peers=((here, os.getpid()), ("elsewhere", 1)), timeout_s=30)
+    assert alive._lost("a barrier", "Timed out waiting 30000ms for recv operation to complete").startswith(
+        "rank 0 of 2: a rank did not answer within distributed.timeout_s=30 s during a barrier")
+    assert alive._lost("a barrier", closed).startswith("rank 0 of 2: another rank died (it closed its connection")
 
 
 @pytest.mark.slow
@@ -268,8 +296,12 @@ def test_under_torchrun_a_refused_run_makes_no_run_dir(tmp_path, cache_dir):
                              "-m", "meta_cli", "train", "algorithm=fomaml", "dataset.download=false"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
-    assert "meta-cli: error: Omniglot files missing" in result.stderr
+    assert result.stderr.startswith("meta-cli: error: Omniglot files missing"), result.stderr[:3000]
     assert not (tmp_path / "outputs").exists()
+    # torchrun then prints its own report of the failed ranks (README: what torchrun adds); each
+    # rank's "traceback" in it is meta-cli's line, read from the rank's error file.
+    assert "traceback : meta-cli: error: Omniglot files missing" in result.stderr
+    assert "To enable traceback" not in result.stderr
 
 
 def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, capsys):
@@ -277,7 +309,7 @@ def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, caps
     the ranks' threads outnumber the cores."""
     import torch.distributed.run
 
-    from meta_cli.cli import launch
+    from meta_cli.cli.main import launch
     from meta_cli.cli.commandline import CommandLine
 
     launched = []
@@ -291,3 +323,17 @@ def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, caps
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     launch.relaunch(command, 2)
     assert capsys.readouterr().err == ""
+
+
+def test_relaunched_eval_and_predict_keep_their_own_run_dirs():
+    """The relaunch fixes the run dir before the ranks start: each command's own, as
+    conf/<command>.yaml names it (eval and predict apart from training runs)."""
+    import re
+
+    from meta_cli.cli import launch
+
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", launch.run_dir_default(False))
+    assert re.fullmatch(r"outputs/eval/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", launch.run_dir_default(False, "eval"))
+    assert re.fullmatch(r"outputs/eval/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}",
+                        launch.run_dir_default(True, "eval"))
+    assert launch.run_dir_default(False, "predict").startswith("outputs/predict/")

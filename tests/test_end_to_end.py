@@ -43,6 +43,9 @@ def _eval(cli, tmp_path, checkpoint: Path, *overrides) -> tuple[Path, str]:
     result = cli("eval", f"checkpoint={checkpoint}", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     (new,) = set(run_dirs(tmp_path)) - before
+    # Apart from training runs, and named at the start: outputs/eval/<date>/<time>.
+    assert new.parent.parent == tmp_path / "outputs" / "eval", new
+    assert f"run dir {new}: meta-testing {checkpoint}" in result.stdout
     return new, result.stdout
 
 
@@ -70,7 +73,42 @@ def test_sinusoid_train_then_eval_reproduces(cli, tmp_path):
 
     evaluated, stdout = _eval(cli, tmp_path, run / "checkpoints" / "best.pt", "eval.episodes=20")
     assert _rows(evaluated / "accuracy.csv") == [row]
-    assert "sinusoid" in stdout
+    assert "sinusoid" in stdout and row["test_settings"] == ""
+
+    # Test-time keys are recorded, in the table and in accuracy.csv: two evals of one
+    # checkpoint can be told apart.
+    other, stdout = _eval(cli, tmp_path, run / "checkpoints" / "best.pt", "eval.episodes=20",
+                          "algorithm.test_adaptation_steps=3", "algorithm.first_order=true")
+    (changed,) = _rows(other / "accuracy.csv")
+    assert changed["test_settings"] == "algorithm.test_adaptation_steps=3 algorithm.first_order=true"
+    assert changed["loss"] != row["loss"]
+    header, line = stdout.strip().splitlines()[-2:]
+    assert header.split()[-1] == "test_settings" and line.endswith(changed["test_settings"])
+
+
+def test_the_run_log_holds_what_the_terminal_showed(cli, tmp_path):
+    """train.log / eval.log: besides the log lines, the result table, the init= line, a failed
+    run's one-line error (printed, not logged, on the terminal)."""
+    trained = cli("train", *TINY_SINUSOID, "hydra.run.dir=a")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    log = (tmp_path / "a" / "train.log").read_text()
+    table = [line for line in trained.stdout.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(table) == 2 and all(line in log for line in table), (table, log)
+    assert f"run dir {tmp_path / 'a'} on cpu" in log
+
+    failed = cli("train", *TINY_SINUSOID, "init=a/checkpoints/best.pt", "train.meta_lr=1e8", "hydra.run.dir=b")
+    assert failed.returncode == 1
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("meta-cli: error:")]
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "the train loss is nan" in error and error in log
+    assert f"backbone from {tmp_path / 'a' / 'checkpoints' / 'best.pt'}" in log
+
+    evaluated = cli("eval", f"checkpoint={tmp_path / 'a' / 'checkpoints' / 'best.pt'}", "eval.episodes=5",
+                    "hydra.run.dir=e")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    table = [line for line in evaluated.stdout.splitlines() if line.strip() and not line.startswith("[")]
+    log = (tmp_path / "e" / "eval.log").read_text()
+    assert len(table) == 2 and all(line in log for line in table) and "run dir" in log
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_full_disk_while_saving(tmp_path, data_root, cache_dir):
                            ["train", *SINUSOID, f"hydra.run.dir={disk}/run"],
                            f"cp -a {disk}/run {tmp_path}/copy", tmp_path, data_root, cache_dir)
     line = _one_error_line(result)
-    assert "No space left on device" in line and "resume" in line
+    assert "No space left on device" in line and line.endswith(f"then resume with: meta-cli train resume={disk}/run")
     ckpts = tmp_path / "copy" / "checkpoints"
     assert not list(ckpts.glob(".*.part"))
     path, payload = checkpoint.latest_valid(ckpts)
@@ -93,6 +93,26 @@ def test_full_disk_while_saving(tmp_path, data_root, cache_dir):
                              env={**os.environ, "META_CLI_DATA": str(data_root)})
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "copy" / "accuracy.csv").is_file()
+
+
+@pytest.mark.slow
+@needs_namespaces
+def test_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path, data_root, cache_dir, cli):
+    """A 48 KiB file system has no room for the first checkpoint: there is nothing to resume,
+    and both the error and resume= give the command that starts the run again, which works."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    result = _in_namespace(f"mount -t tmpfs -o size=48k tmpfs {disk}",
+                           ["train", *SINUSOID, f"hydra.run.dir={disk}/run"],
+                           f"cp -a {disk}/run {tmp_path}/copy", tmp_path, data_root, cache_dir)
+    line = _one_error_line(result)
+    command = "meta-cli train " + " ".join(SINUSOID)
+    assert "No space left on device" in line and "no checkpoint was committed yet" in line
+    assert line.endswith(f"then start the run again: {command}"), line
+    refused = cli("train", f"resume={tmp_path / 'copy'}")
+    assert refused.returncode == 1 and refused.stderr.strip().endswith(f"start it again: {command}"), refused.stderr
+    again = cli(*command.split()[1:])
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 def _damaged_omniglot(data_root: Path, target: Path, damage) -> Path:

@@ -53,13 +53,14 @@ def checkpoints(tmp_path_factory, data_root, cache_dir) -> dict[str, Path]:
     return out
 
 
-def _eval_episode(path: Path) -> tuple[Episode, torch.Tensor, float]:
-    """Test episode INDEX as `meta-cli eval checkpoint=path` draws it, the logits (n, ways)
-    of the model eval rebuilds on it, and eval's accuracy on it."""
+def _eval_episode(path: Path, test_time: dict | None = None) -> tuple[Episode, torch.Tensor, float]:
+    """Test episode INDEX as `meta-cli eval checkpoint=path` (with algorithm.KEY=VALUE for each
+    of `test_time`) draws it, the logits (n, ways) of the model eval rebuilds on it, and eval's
+    accuracy on it."""
     device = {"_target_": "meta_cli.runtime.device.pick_device", "kind": "cpu"}
     evaluation = {"_target_": "meta_cli.evaluation.episodes.EvalSettings", "seed": SEED}
     distributed = {"_target_": "meta_cli.runtime.distributed.DistributedSettings"}
-    spec = check_eval({"checkpoint": str(path), "data_root": None, "algorithm": {}, "eval": evaluation,
+    spec = check_eval({"checkpoint": str(path), "data_root": None, "algorithm": test_time or {}, "eval": evaluation,
                        "device": device, "distributed": distributed})
     source, model, settings = spec.restored.data, spec.restored.model, spec.evaluation
     ((ways, shots, query),) = settings.settings(source)
@@ -101,6 +102,35 @@ def _expected(logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
 
 
 @pytest.mark.slow
+def test_predict_takes_the_test_time_keys_eval_takes(cli, tmp_path, monkeypatch, cache_dir):
+    """`predict ... algorithm.head=logistic` labels with pretrain's logistic-regression head,
+    exactly as `eval ... algorithm.head=logistic` meta-tests with it (and not as the
+    checkpoint's own prototype head); meta_cli.load takes the same keys."""
+    monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
+    trained = cli("train", "algorithm=pretrain", "backbone.widths=[8,8,8,8]", "train.iterations=2",
+                  "train.val_every=2", *COMMON, "hydra.run.dir=pretrain")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    path = tmp_path / "pretrain" / "checkpoints" / "best.pt"
+    episode, logits, _ = _eval_episode(path, {"head": "logistic"})
+    _, own_logits, _ = _eval_episode(path)
+    assert not torch.allclose(logits.softmax(1), own_logits.softmax(1), atol=1e-3)  # the head matters
+    _write_episode(episode, tmp_path / "images")
+    result = cli("predict", f"checkpoint={path}", f"support={tmp_path / 'images' / 'support'}",
+                 f"query={tmp_path / 'images' / 'query'}", "device=cpu", "algorithm.head=logistic")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [r for r in run_dirs(tmp_path) if r.parent.parent.name == "predict"]
+    with open(run / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels, scores = _expected(logits)
+    assert [r["predicted_class"] for r in rows] == labels
+    torch.testing.assert_close(torch.tensor([float(r["score"]) for r in rows]), scores, atol=1e-5, rtol=0)
+    learner = meta_cli.load(path, device="cpu", head="logistic")
+    assert learner.algorithm.head == "logistic"
+    with pytest.raises(UserError, match="algorithm.head must be one of"):
+        meta_cli.load(path, device="cpu", head="softmax")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])
 def test_cli_predict_equals_eval_on_the_same_episode(algorithm, checkpoints, cli, tmp_path, monkeypatch,
                                                      cache_dir):
@@ -117,6 +147,9 @@ def test_cli_predict_equals_eval_on_the_same_episode(algorithm, checkpoints, cli
                  f"query={tmp_path / 'images' / 'query'}", "device=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
+    # Apart from training runs, and named: outputs/predict/<date>/<time>.
+    assert run.parent.parent == tmp_path / "outputs" / "predict"
+    assert f"meta-cli: wrote {run / 'predictions.csv'}" in result.stderr
     with open(run / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "predicted_class", "score"]
@@ -236,7 +269,9 @@ def test_library_warnings_are_one_line_each(checkpoints, cli, tmp_path):
     result = cli("predict", f"checkpoint={checkpoints['protonet']}", f"support={support}",
                  f"query={query}", env={"PYTHONPATH": str(site)})
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    # (tmp_path holds this test's name, "warnings": lines naming a file in it are not warnings)
+    warnings = [line for line in result.stderr.splitlines()
+                if "warning" in line.replace(str(tmp_path), "").lower()]
     assert warnings and all(line.startswith("meta-cli: warning: image ") for line in warnings), warnings
     assert any("q/one.png is very large" in line for line in warnings)
     assert "DecompressionBombWarning" not in result.stderr and ".py:" not in result.stderr

@@ -171,6 +171,8 @@ def test_sigterm_and_sigint_save_then_exit(tmp_path, data_root, cache_dir, refer
     assert proc.returncode == code, err
     assert f"stopped by {sig.name} after iteration" in err and "resume=" in err
     assert "Traceback" not in err
+    stop_line = next(line for line in err.splitlines() if line.startswith("meta-cli: stopped by"))
+    assert stop_line in (tmp_path / "run" / "train.log").read_text()  # the run's log holds it too
     saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*.json"))[-1]
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "stopped" and status["signal"] == sig.name

@@ -88,6 +88,7 @@ def test_report_plots_the_adaptation_curve(cli, trained):
     (["algorithm=maml_trpo", "dataset=navigation2d", "dataset.horizon=0"], ["dataset.horizon", ">= 1"]),
     (["algorithm=maml_trpo", "dataset=navigation2d", "dataset.trajectories=0"], ["dataset.trajectories", ">= 1"]),
     (["algorithm=maml_trpo", "dataset=navigation2d", "distributed.processes=2"], ["one process"]),
+    (["algorithm=maml_trpo", "dataset=navigation2d", "eval.episodes=10"], ["eval.episodes", "meta-RL", "eval.tasks"]),
 ])
 def test_bad_rl_input_is_one_line(cli, tmp_path, overrides, words):
     result = cli("train", *overrides, "train.progress=false")
@@ -95,6 +96,16 @@ def test_bad_rl_input_is_one_line(cli, tmp_path, overrides, words):
     assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("meta-cli: error: "), result.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("key", ["eval.ways=5", "eval.shots=3", "eval.episodes=7", "eval.query=2", "eval.threads=2"])
+def test_eval_refuses_keys_meta_rl_does_not_read(cli, trained, tmp_path, key):
+    """Meta-RL meta-tests eval.tasks tasks: an episode key would be silently ignored."""
+    result = cli("eval", f"checkpoint={trained / 'a' / 'checkpoints' / 'best.pt'}", key, "eval.tasks=3")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"meta-cli: error: {key.split('=')[0]} does not apply to meta-RL"), lines[0]
+    assert "eval.tasks" in lines[0] and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="the mujoco extra is not installed")

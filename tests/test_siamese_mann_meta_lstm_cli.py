@@ -51,7 +51,7 @@ def test_each_family_trains_and_eval_reproduces_its_numbers(trained, cli, tmp_pa
     checkpoints = [trained[name] / "checkpoints" / "best.pt" for name in FAMILIES]
     result = cli("eval", "-m", f"checkpoint={','.join(map(str, checkpoints))}", "eval.episodes=4")
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    (sweep,) = (tmp_path / "outputs" / "eval" / "multirun").glob("*/*")
     for job, name in enumerate(FAMILIES):
         row = _rows(trained[name] / "accuracy.csv")[0]
         assert 0.0 <= float(row["accuracy"]) <= 1.0

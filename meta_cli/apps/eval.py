@@ -1,6 +1,7 @@
 """`meta-cli eval checkpoint=PATH`: rebuild model and data from a checkpoint and meta-test it."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +13,11 @@ from meta_cli.engine.build import Restored, config_key, restore
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.errors import UserError
 from meta_cli.runtime.distributed import check_backend
-from meta_cli.evaluation.episodes import EvalSettings
+from meta_cli.evaluation.episodes import EvalSettings, describe_test_time
 from meta_cli.rundir.job import guarded, run_dir
 from meta_cli.config.validation import check_config, plain
+
+log = logging.getLogger("meta_cli.eval")
 
 
 @dataclass
@@ -59,7 +62,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     restored = spec.restored
     restored.regime.prepare_process()
     regime = restored.regime(restored.model.to(device), restored.data.to(device), world, device)
-    identity = {**restored.payload["choices"], "seed": restored.config["seed"], "checkpoint": str(restored.path)}
+    identity = {**restored.payload["choices"], "seed": restored.config["seed"], "checkpoint": str(restored.path),
+                "test_settings": describe_test_time(spec.config["algorithm"])}
+    log.info("run dir %s: meta-testing %s on %s%s", run_dir(), restored.path, device,
+             f", {world.size} processes" if world.size > 1 else "")
     return regime.meta_test(spec.evaluation, identity, run_dir())
 
 

@@ -161,20 +161,23 @@ class Learner:
                            probabilities=probabilities, classes=classes)
 
 
-def restore(path: str | os.PathLike, device: torch.device) -> Learner:
-    """Load `path` (verified, tensors only), rebuild its model and weights on `device`, with
-    the image transform it was trained with."""
-    restored = build.restore(path, open_data=False)
+def restore(path: str | os.PathLike, device: torch.device, test_time: dict[str, Any] | None = None) -> Learner:
+    """Load `path` (verified, tensors only), rebuild its model and weights on `device`, with the
+    algorithm's `test_time` settings (e.g. {"head": "logistic"}) over the checkpoint's and the
+    image transform it was trained with."""
+    restored = build.restore(path, test_time, open_data=False)
     transform = ImageTransform.from_dict(restored.payload["transform"])  # checked by restore
     return Learner(restored.model, transform, device, restored.path)
 
 
-def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Learner:
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", **test_time: Any) -> Learner:
     """The learner saved in `checkpoint` (a .pt written by `meta-cli train`).
 
     device: "auto" (cuda when visible, else cpu), "cpu", "cuda", or any torch device.
+    test_time: the algorithm's test-time settings, as `meta-cli eval algorithm.KEY=VALUE` takes
+    them, e.g. load(path, head="logistic") for a pretrain checkpoint.
     Problems with the file or the model are a UserError with a one-line message.
     """
     if device in ("auto", "cpu", "cuda"):
         device = pick_device(device)  # type: ignore[arg-type]
-    return restore(checkpoint, torch.device(device))
+    return restore(checkpoint, torch.device(device), test_time)

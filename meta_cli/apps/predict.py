@@ -7,6 +7,7 @@ checked by `precheck` before Hydra creates the run dir.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from omegaconf import DictConfig
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.data.image_files import IMAGE_EXTENSIONS, list_images
 from meta_cli.errors import UserError
-from meta_cli.rundir.job import guarded, run_dir
-from meta_cli.rundir.outputs import text_table, write_csv
 from meta_cli.apps.learner import Learner, restore
 from meta_cli.config.validation import check_config, plain
+from meta_cli.rundir.job import guarded, run_dir
+from meta_cli.rundir.outputs import text_table, write_csv
+from meta_cli.runlog import show
 
 COLUMNS = ["path", "predicted_class", "score"]
 
@@ -93,7 +95,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> Job:
     """Check the files, the checkpoint, the number of classes and decode every image."""
     config = plain(cfg)
     check_config("predict", config)
-    learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]))
+    learner = restore(_path(config["checkpoint"], "checkpoint"), instantiate(config["device"]), config["algorithm"])
     support_paths, labels = support_set(config["support"])
     query_paths = query_set(config["query"])
     learner.check_classes(len(set(labels)))
@@ -112,7 +114,8 @@ def predict_images(cfg: DictConfig) -> int:
     """Returns the number of labelled query images."""
     rows = rows_of(prepare(cfg))
     write_csv(run_dir() / "predictions.csv", COLUMNS, rows)
-    print(text_table(rows, COLUMNS), flush=True)
+    show(text_table(rows, COLUMNS))
+    show(f"meta-cli: wrote {run_dir() / 'predictions.csv'}", sys.stderr)  # stdout: the table alone
     return len(rows)
 
 

@@ -20,6 +20,7 @@ def train(cfg: DictConfig) -> float | None:
     from meta_cli import __version__
     from meta_cli.config import presets
     from meta_cli.config.validation import plain
+    from meta_cli.engine.budget import TimeBudget, parse_duration
     from meta_cli.engine.build import build, check_train
     from meta_cli.engine.instantiate import instantiate
     from meta_cli.engine.trainer import Trainer
@@ -53,6 +54,10 @@ def train(cfg: DictConfig) -> float | None:
     keeper = Checkpointer(out, saved, spec.train.keep_checkpoints, spec.train.checkpoint_every,
                           writes=world.main, before_save=metrics.sync)
     trainer = Trainer(run.model, run.regime, keeper, metrics, spec.train, world)
+    if spec.train.time_budget is not None:  # the final meta-test's items per validation item
+        tests = run.regime.meta_test_size(spec.evaluation)
+        trainer.use_budget(TimeBudget(parse_duration(spec.train.time_budget), spec.train,
+                                      tests / spec.train.val_episodes))
     keeper.start(trainer, run.model, config)
     if trainer.iteration == 0:
         log.info("run dir %s on %s%s; preset %s", out, spec.device,

@@ -57,7 +57,7 @@ class CommandLine:
                 value = a in VALUE_FLAGS
             else:
                 overrides.append(a)
-        if command == "eval":  # conf/eval.yaml's `algorithm: {}` takes new keys: Hydra wants a `+`
+        if command in ("eval", "predict"):  # their `algorithm: {}` takes new keys: Hydra wants a `+`
             overrides = [f"+{o}" if o.startswith("algorithm.") else o for o in overrides]
         return cls(command, tuple(flags), tuple(overrides))
 

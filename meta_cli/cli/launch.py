@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,17 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_dir_default(multirun: bool) -> str:
-    """Hydra's default run (or sweep) dir for now, as conf/train.yaml names it."""
+def run_dir_default(multirun: bool, command: str = "train") -> str:
+    """Hydra's default run (or sweep) dir for now, as conf/<command>.yaml names it
+    (hydra.run.dir or hydra.sweep.dir, its `${now:FORMAT}` parts filled in)."""
+    from importlib import resources
+
+    import yaml
+
+    hydra = yaml.safe_load((resources.files("meta_cli.conf") / f"{command}.yaml").read_text())["hydra"]
+    pattern = hydra["sweep" if multirun else "run"]["dir"]
     now = datetime.now()
-    base = "outputs/multirun" if multirun else "outputs"
-    return f"{base}/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}"
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), pattern)
 
 
 def relaunch(line: CommandLine, n: int) -> int:
@@ -84,7 +91,7 @@ def relaunch(line: CommandLine, n: int) -> int:
     from torch.distributed.run import get_args_parser, run
 
     if line.value(line.run_dir_key) is None:  # one run dir for every rank, and for restarts
-        line = line.merged([f"{line.run_dir_key}={run_dir_default(line.multirun)}"])
+        line = line.merged([f"{line.run_dir_key}={run_dir_default(line.multirun, line.command)}"])
     # The launcher's own chatter ("Received 15 death signal, shutting down workers"): torch's
     # elastic modules give each logger its own level, so the parent's alone would not hold.
     for name in list(logging.root.manager.loggerDict):
@@ -118,7 +125,7 @@ def agree_on_run_dir(line: CommandLine, world: Any) -> CommandLine:
     if line.value(line.run_dir_key) is None:
         chosen = None
         if world.main:
-            chosen = _recorded_dir() or run_dir_default(line.multirun)
+            chosen = _recorded_dir() or run_dir_default(line.multirun, line.command)
             _record_dir(chosen)
         line = line.merged([f"{line.run_dir_key}={world.broadcast(chosen)}"])
     return line if world.main else line.merged(QUIET)
@@ -144,6 +151,23 @@ def _record_dir(run_dir: str) -> None:
     if pointer is not None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         pointer.parent.mkdir(parents=True, exist_ok=True)
         pointer.write_text(json.dumps({"run_dir": run_dir}) + "\n")
+
+
+def record_failure(message: str) -> None:
+    """A failing rank's one line, as torch's elastic launcher reads a rank's error file
+    ($TORCHELASTIC_ERROR_FILE): torchrun's failure report then shows it as the rank's
+    traceback, instead of a link on how to get one. Nothing outside a torchrun launch."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or not message:
+        return
+    import time
+
+    line = f"meta-cli: error: {message}"
+    data = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(data))
+    except OSError:  # the report falls back to torchrun's own words
+        pass
 
 
 def quiet_rank() -> bool:

@@ -159,6 +159,7 @@ def run(argv: list[str]) -> int:
     except UserError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        launch.record_failure(str(exc))
         return 1 if launch.quiet_rank() else _error(str(exc), 1)
     if processes > 1:
         return launch.relaunch(line, processes)
@@ -187,6 +188,7 @@ def run(argv: list[str]) -> int:
                   + f"; summary: {sweep / 'summary.csv'} (meta-cli report {sweep})",
                   file=sys.stderr, flush=True)
     if FAILED or failed_jobs:
+        launch.record_failure(FAILED[-1] if FAILED else "")
         return 1
     return 0
 

@@ -36,7 +36,7 @@ TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
 COMMAND_KEYS = {
     "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "init", "logger", "distributed"},
     "eval": {"checkpoint", "data_root", "algorithm", "eval", "device", "distributed"},
-    "predict": {"checkpoint", "support", "query", "device"},
+    "predict": {"checkpoint", "support", "query", "algorithm", "device"},
 }
 #: Nodes of each command checked against their constructors.
 COMMAND_NODES = {

@@ -26,9 +26,9 @@ from meta_cli.runtime.distributed import DistributedSettings, World, check_backe
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.engine.regimes.base import Regime, regime_of
 from meta_cli.errors import UserError
-from meta_cli.evaluation.episodes import EvalSettings
+from meta_cli.evaluation.episodes import EvalSettings, with_test_time
 from meta_cli.engine.settings import TrainSettings, uses_bf16
-from meta_cli.config.validation import check_config, check_node
+from meta_cli.config.validation import check_config
 
 
 @dataclass
@@ -99,7 +99,8 @@ def build(spec: TrainSpec, world: World) -> Run:
     model = spec.regime.build(spec.config, spec.source).to(spec.device)
     source = spec.source.to(spec.device)
     regime = spec.regime(model, source, world, spec.device)
-    regime.start(spec.train, spec.config["seed"], uses_bf16(spec.train.precision, spec.device.type))
+    regime.start(spec.train, spec.config["seed"], uses_bf16(spec.train.precision, spec.device.type),
+                 spec.evaluation.threads)
     return Run(spec, model, source, regime)
 
 
@@ -137,12 +138,7 @@ def restore(path: str | Path, test_time: dict[str, Any] | None = None, data_root
     path = Path(path).expanduser().resolve()
     payload = checkpoint.load(path)
     config = copy.deepcopy(payload["config"])
-    if test_time:
-        if "_target_" in test_time:
-            raise UserError("the checkpoint fixes the algorithm; give only its test-time keys, "
-                            "e.g. algorithm.test_adaptation_steps=10.")
-        config["algorithm"].update(test_time)
-        check_node(config["algorithm"], "algorithm")
+    config["algorithm"] = with_test_time(config["algorithm"], test_time)
     if data_root is not None and "root" in config["dataset"]:  # sinusoid has no files
         config["dataset"]["root"] = data_root
     regime = regime_of(config["algorithm"]["_target_"])

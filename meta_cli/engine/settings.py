@@ -45,6 +45,17 @@ class TrainSettings:
     #: it natively, else fp32 (emulated bf16 would be slower).
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     progress: bool = True
+    #: A wall-clock budget for meta-training and the final meta-test, e.g. 10m, 90s, 1.5h or
+    #: 1h30m (a number: seconds): the first steps are timed, then the iterations that fit
+    #: (at most `iterations`) are fixed, with the lr schedule and the validation, checkpoint
+    #: and log cadence scaled to them (meta_cli.engine.budget). None: `iterations` steps.
+    time_budget: str | Annotated[float, Gt(0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_budget is not None:
+            from meta_cli.engine.budget import parse_duration
+
+            parse_duration(self.time_budget)
 
 
 def native_bf16(device_type: str) -> bool:

@@ -2,11 +2,13 @@
 to accuracy.csv and episodes.csv."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import torch
 
@@ -17,6 +19,8 @@ from meta_cli.errors import UserError
 from meta_cli.evaluation.metrics import mean_ci95
 from meta_cli.rundir.outputs import format_table, write_accuracy, write_episodes
 from meta_cli.params import Ge
+from meta_cli.runlog import show
+from meta_cli.config.validation import check_node
 
 Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
 Shots = Annotated[int, Ge(1)] | list[Annotated[int, Ge(1)]] | None
@@ -34,6 +38,32 @@ class EvalSettings:
     query: Annotated[int, Ge(1)] | None = None
     #: Meta-RL: the test tasks, each adapted from the meta-trained policy (returns.csv).
     tasks: Annotated[int, Ge(1)] = 40
+    #: Intra-op threads of each process while it meta-tests. A CPU kernel's sums (MAML's
+    #: test-time gradients, a convolution) are split by thread, so the last digits of an
+    #: episode depend on the thread count: a fixed count gives the same numbers on any number
+    #: of processes (distributed.processes=N: one process per core, each at 1 thread, is the
+    #: fast way to meta-test on many cores). null: the process's own threads (faster on one
+    #: process with many cores, but then the numbers depend on the cores and processes).
+    threads: Annotated[int, Ge(1)] | None = 1
+
+    def check_applies(self, task: str) -> None:
+        """UserError for an eval.* key set away from its default that the meta-test of `task`
+        would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
+        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        if task == "rl":
+            for key in ("episodes", "ways", "shots", "query", "threads"):
+                if key in changed:
+                    instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
+                               else " (its trajectories per step are dataset.trajectories)" if key == "shots"
+                               else "")
+                    raise UserError(f"eval.{key} does not apply to meta-RL, which meta-tests eval.tasks tasks "
+                                    f"(returns.csv, on one thread); leave eval.{key} unset{instead}.")
+            return
+        if "tasks" in changed:
+            raise UserError(f"eval.tasks applies to meta-RL only; {task} meta-tests eval.episodes episodes: "
+                            f"set eval.episodes instead and leave eval.tasks unset.")
+        if task == "regression" and self.ways is not None:
+            raise UserError("eval.ways does not apply to regression; leave it unset.")
 
     def __post_init__(self) -> None:
         # One form from here on: a list, or None for the dataset's.
@@ -53,11 +83,10 @@ class EvalSettings:
     def settings(self, source: TaskSource) -> list[tuple[int, int, int]]:
         """The (ways, shots, query) to evaluate; raises UserError for ones the data cannot give
         (what the model can answer is the algorithm's `check_ways`)."""
+        self.check_applies(source.task)
         ways = self.ways or [source.ways]
         shots = self.shots or [source.shots]
         query = self.query if self.query is not None else source.query
-        if source.task == "regression" and self.ways is not None:
-            raise UserError("eval.ways does not apply to regression; leave it unset.")
         combos = [(w, s, query) for w, s in itertools.product(ways, shots)]
         keys = {"ways": "eval.ways" if self.ways is not None else "dataset.ways",
                 "shots": "eval.shots" if self.shots is not None else "dataset.shots",
@@ -69,6 +98,28 @@ class EvalSettings:
         for w, s, q in combos:
             source.check(self.split, w, s, q, keys=keys, use="meta-testing", hint=hint)
         return combos
+
+
+def with_test_time(trained: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's algorithm node with `given` test-time keys (eval's and predict's
+    `algorithm.KEY=VALUE`: `head`, `finetune`, `test_adaptation_steps`...) over it, checked
+    against the algorithm's constructor. The weights fix the algorithm itself."""
+    if not given:
+        return trained
+    if "_target_" in given:
+        raise UserError("the checkpoint fixes the algorithm; give only its test-time keys, "
+                        "e.g. algorithm.test_adaptation_steps=10 or algorithm.head=logistic.")
+    node = {**trained, **given}
+    check_node(node, "algorithm")
+    return node
+
+
+def describe_test_time(given: dict[str, Any] | None) -> str:
+    """The test-time keys as accuracy.csv's `test_settings` records them, e.g.
+    'algorithm.head=logistic algorithm.finetune=true' ('' for the checkpoint's own)."""
+    def value(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) or v is None else str(v).replace(" ", "")
+    return " ".join(f"algorithm.{k}={value(v)}" for k, v in (given or {}).items())
 
 
 def _as_list(value: int | list[int] | None) -> list[int] | None:
@@ -92,15 +143,30 @@ class Result:
     episode_accuracies: list[float] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block (None: left as they are)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
-             ways: int, shots: int, query: int, world: World = World()) -> Result:
+             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1) -> Result:
     """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
 
-    Each process evaluates its contiguous share of the episode numbers and the per-episode
-    results are gathered in episode order, so any number of processes gives the result of one.
+    Each process evaluates its contiguous share of the episode numbers at `threads` intra-op
+    threads and the per-episode results are gathered in episode order, so any number of
+    processes gives the result of one (at the same `threads`).
     """
     losses, accuracies = [], []
-    with torch.no_grad():
+    with torch.no_grad(), intra_op_threads(threads):
         for index in world.share(episodes):
             episode = source.episode(split, index, seed, ways, shots, query)
             episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
@@ -120,8 +186,9 @@ class EpisodeValidation:
     the dataset's shape, meta-tested as in `eval` and split across processes."""
 
     def __init__(self, algorithm: Algorithm, source: TaskSource, episodes: int, seed: int,
-                 world: World = World()) -> None:
+                 world: World = World(), threads: int | None = 1) -> None:
         self.algorithm, self.source, self.episodes, self.seed, self.world = algorithm, source, episodes, seed, world
+        self.threads = threads
         self.classification = source.task == "classification"
         self.metric = "val_accuracy" if self.classification else "val_loss"
 
@@ -133,7 +200,7 @@ class EpisodeValidation:
         self.algorithm.eval()
         try:
             result = evaluate(self.algorithm, self.source, "val", self.episodes, self.seed,
-                              self.source.ways, self.source.shots, self.source.query, self.world)
+                              self.source.ways, self.source.shots, self.source.query, self.world, self.threads)
         finally:
             self.algorithm.train()
         if not math.isfinite(result.loss):
@@ -152,7 +219,7 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
     rows: list[dict[str, Any]] = []
     for ways, shots, query in evaluation.settings(source):
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
-                          evaluation.seed, ways, shots, query, world)
+                          evaluation.seed, ways, shots, query, world, evaluation.threads)
         rows.append({
             **identity,
             "ways": ways if source.task == "classification" else None,
@@ -171,4 +238,4 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
          "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
         for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
     write_accuracy(run_dir / "accuracy.csv", rows)
-    print(format_table(rows), flush=True)
+    show(format_table(rows))

@@ -16,7 +16,7 @@ from meta_cli.rl.tasks import RLTaskSource
 
 #: returns.csv: accuracy.csv's identifying columns, then the adaptation steps and the return.
 RETURNS_COLUMNS = ("algorithm", "dataset", "backbone", "ways", "shots", "query", "split", "episodes",
-                   "steps", "return", "ci95", "seed", "checkpoint")
+                   "steps", "return", "ci95", "seed", "checkpoint", "test_settings")
 #: The per-task file (episodes.csv's counterpart): one row per (task, steps).
 TASK_COLUMNS = ("split", "task", "steps", "return", "params")
 

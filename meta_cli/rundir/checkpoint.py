@@ -34,16 +34,22 @@ def manifest_path(path: Path) -> Path:
 
 
 def _write_error(path: Path, exc: OSError) -> UserError:
+    """The one line for a checkpoint that could not be written, with the command that goes on
+    from here: `resume=` where a step checkpoint was committed, else the run's own command
+    again (resume= needs a committed checkpoint)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        advice = "free disk space (or raise the quota) and resume the run"
+        fix = "free disk space (or raise the quota)"
     elif exc.errno == errno.EFBIG:
-        advice = "the file system or `ulimit -f` refuses a file this large: lift the limit and resume"
+        fix = "the file system or `ulimit -f` refuses a file this large: lift the limit"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        advice = "make the run dir writable and resume the run"
+        fix = "make the run dir writable"
     else:
-        advice = "fix the file system and resume the run"
+        fix = "fix the file system"
+    from meta_cli.rundir.checkpointer import next_step
+
+    state, then = next_step(path.parent.parent)  # <run>/checkpoints/<name>
     return UserError(f"could not write checkpoint {path}: {exc.strerror or exc} "
-                     f"(errno {exc.errno}); earlier checkpoints are intact: {advice}.")
+                     f"(errno {exc.errno}); {state}: {fix}, then {then}")
 
 
 def save(payload: dict[str, Any], path: Path) -> None:

@@ -98,8 +98,10 @@ class Checkpointer:
             self.folder.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partials(self.folder)
 
-    def due(self, iteration: int, validated: bool, last: bool) -> bool:
-        return validated or last or iteration % self.every == 0
+    def due(self, iteration: int, validated: bool, last: bool, every: int | None = None) -> bool:
+        """Whether a step checkpoint is committed after `iteration`: at each validation, at the
+        end, and every `every` steps (train.checkpoint_every, or a time budget's cadence)."""
+        return validated or last or iteration % (every or self.every) == 0
 
     def step_path(self, iteration: int) -> Path:
         return self.folder / checkpoint.step_name(iteration)
@@ -177,11 +179,37 @@ def find(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | Non
     return found
 
 
+def restart_command(run: Path) -> str:
+    """The command that starts the run in `run` again from scratch (in a new run dir): its own
+    overrides (.hydra/overrides.yaml), without resume=."""
+    import shlex
+
+    import yaml
+
+    try:
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return "the run's own command"
+    return shlex.join(["meta-cli", "train", *(str(o) for o in overrides if not str(o).startswith("resume="))])
+
+
+def next_step(run: Path) -> tuple[str, str]:
+    """For a training run that failed: what is kept, and the command that goes on from there
+    (`resume=` needs a committed step checkpoint; without one, the run's own command again)."""
+    committed = checkpoint.latest_committed(run / "checkpoints")
+    if committed is not None:
+        return (f"the checkpoints committed so far are intact (the newest: {committed[1].name})",
+                f"resume with: meta-cli train resume={run}")
+    return ("no checkpoint was committed yet, so there is nothing to resume",
+            f"start the run again: {restart_command(run)}")
+
+
 def nothing_to_resume(folder: Path) -> str:
     """Why a run dir cannot be resumed, and what to do instead."""
     found = checkpoint.steps(folder)
     if not found:
-        return f"no step checkpoint to resume in {folder}; start a new run instead."
+        return (f"no step checkpoint to resume in {folder}: the run ended before it committed its first "
+                f"one; start it again: {restart_command(folder.parent)}")
     newest = found[0][1]
     if not checkpoint.manifest_path(newest).exists():
         return (f"no committed checkpoint to resume in {folder}: {newest.name} has no manifest (the run "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -21,6 +22,7 @@ from meta_cli.atomic import write_atomic
 from meta_cli.runtime.distributed import RankLost, env_rank
 from meta_cli.errors import UserError
 from meta_cli.rundir.stopping import Stopped
+from meta_cli.runlog import show, to_log_file
 
 T = TypeVar("T")
 
@@ -73,7 +75,7 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     allocator.tune_process()  # here, so that launcher worker processes get it too
     rank = env_rank()
     if rank > 0:
-        return _other_rank(work, rank)
+        return _other_rank(work, rank, trains)
     hydra = HydraConfig.get()
     out = run_dir()
     if trains:
@@ -96,24 +98,26 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
         status["status"] = "ok"
         return result
     except UserError as exc:
-        status.update(status="failed", error=str(exc))
-        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
+        message = _with_next_step(exc, out, trains)
+        status.update(status="failed", error=message)
+        show(f"meta-cli: error: {message}", sys.stderr, logging.ERROR)
     except Exception as exc:  # a bug or an environment fault: the sweep still goes on
         (out / "error.log").write_text(traceback.format_exc())
         message = f"unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         status.update(status="failed", error=message)
-        print(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", file=sys.stderr, flush=True)
+        show(f"meta-cli: error: {message} (traceback in {out / 'error.log'})", sys.stderr, logging.ERROR)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
     except Stopped as stop:
         status.update(status="stopped", error=None, signal=stop.signal_name, iteration=stop.iteration,
                       checkpoint=stop.checkpoint)
         saved = f"saved {stop.checkpoint}" if stop.checkpoint else "no checkpoint was committed yet"
-        print(f"meta-cli: stopped by {stop.signal_name} after iteration {stop.iteration}; {saved}. "
-              f"Resume with: meta-cli train resume={out}", file=sys.stderr, flush=True)
+        show(f"meta-cli: stopped by {stop.signal_name} after iteration {stop.iteration}; {saved}. "
+             f"Resume with: meta-cli train resume={out}", sys.stderr, logging.WARNING)
         raise SystemExit(stop.exit_code) from None
     except BaseException as exc:  # Ctrl-C outside meta-training (during the meta-test)
         status.update(status="stopped", error=f"interrupted ({type(exc).__name__} {exc})".strip())
+        to_log_file(f"meta-cli: {status['error']}", logging.WARNING)
         raise
     finally:
         status["end"] = _now()
@@ -124,7 +128,20 @@ def guarded(work: Callable[[], T], trains: bool = False) -> T | None:
     return None
 
 
-def _other_rank(work: Callable[[], T], rank: int) -> T | None:
+def _with_next_step(exc: UserError, out: Path, trains: bool) -> str:
+    """A lost rank's message, with what to do next: for training, the command that goes on
+    from the checkpoints committed so far (meta_cli.rundir.checkpointer.next_step)."""
+    if not isinstance(exc, RankLost):
+        return str(exc)
+    if not trains:
+        return f"{exc}; run the command again"
+    from meta_cli.rundir.checkpointer import next_step
+
+    state, then = next_step(out)
+    return f"{exc}; {state}: {then}"
+
+
+def _other_rank(work: Callable[[], T], rank: int, trains: bool = False) -> T | None:
     """A job on rank > 0 of a distributed run: it computes its share and writes nothing.
 
     An error every rank raises alike (a bad value, a non-finite loss after the all-reduce)
@@ -133,8 +150,9 @@ def _other_rank(work: Callable[[], T], rank: int) -> T | None:
     try:
         return work()
     except RankLost as exc:
-        print(f"meta-cli: error: {exc}", file=sys.stderr, flush=True)
-        FAILED.append(str(exc))
+        message = _with_next_step(exc, run_dir(), trains)
+        print(f"meta-cli: error: {message}", file=sys.stderr, flush=True)
+        FAILED.append(message)
     except UserError as exc:
         FAILED.append(str(exc))
     except Stopped as stop:

@@ -59,8 +59,11 @@ class CsvLogger:
             raise self._error(exc) from exc
 
     def _error(self, exc: OSError) -> UserError:
+        from meta_cli.rundir.checkpointer import next_step
+
+        state, then = next_step(self.path.parent)
         return UserError(f"could not write {self.path}: {exc.strerror or exc} (errno {exc.errno}); "
-                         f"the last checkpoint is intact: fix the disk and resume the run.")
+                         f"{state}: fix the disk, then {then}")
 
     def close(self) -> None:
         self._file.close()

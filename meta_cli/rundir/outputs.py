@@ -12,8 +12,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from meta_cli.atomic import write_atomic
 
+#: test_settings: the test-time keys an eval gave (`algorithm.head=logistic ...`; empty: the
+#: checkpoint's own), which tell two evals of one checkpoint apart.
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
-                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
+                    "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint", "test_settings"]
 
 
 def cell(value: Any) -> Any:
@@ -109,5 +111,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             cells["accuracy"], cells["loss"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %", row["loss"]
         else:
             cells["accuracy"], cells["loss"] = None, f"{row['loss']:.4f} +- {row['ci95']:.4f}"
+        if row.get("test_settings"):
+            cells["test_settings"] = row["test_settings"]
         shown.append(cells)
     return text_table(shown)

@@ -19,8 +19,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, Sequence
 
@@ -45,7 +48,8 @@ class DistributedSettings:
 
 
 class RankLost(UserError):
-    """Another rank of the run died or did not answer in time."""
+    """Another rank of the run died or did not answer in time. The message says which and
+    during what; the job adds what to do (`meta_cli.rundir.job`: the resume command)."""
 
 
 def launched() -> bool:
@@ -87,6 +91,9 @@ class World:
     size: int = 1
     local_rank: int = 0
     timeout_s: float = 300.0
+    #: (host, pid) of every rank, learnt when the group forms: which of them is gone, when a
+    #: collective fails, is read from /proc for the ranks on this host.
+    peers: tuple[tuple[str, int], ...] = ()
 
     @property
     def main(self) -> bool:
@@ -104,10 +111,36 @@ class World:
         try:
             yield
         except (RuntimeError, ValueError) as exc:  # gloo/NCCL: a peer closed, a timeout
-            first = textwrap.shorten(str(exc), width=160, placeholder=" ...")
-            raise RankLost(f"rank {self.rank} of {self.size}: another rank died or did not answer within "
-                           f"distributed.timeout_s={self.timeout_s:g} s during {what} ({first}); the "
-                           f"checkpoints committed so far are intact: resume the run.") from None
+            raise RankLost(self._lost(what, str(exc))) from None
+
+    def _lost(self, what: str, error: str) -> str:
+        """Which rank is gone (a rank on this host whose process ended), or that one did not
+        answer within the timeout; the backend's own words shortened."""
+        first = textwrap.shorten(error, width=160, placeholder=" ...")
+        dead = self.dead_peers()
+        if dead:
+            ranks = ", ".join(f"{r} (pid {self.peers[r][1]})" for r in dead)
+            cause = f"rank{'s' if len(dead) > 1 else ''} {ranks} died"
+        elif re.search(r"time[sd]? ?out", error, re.IGNORECASE):
+            cause = f"a rank did not answer within distributed.timeout_s={self.timeout_s:g} s"
+        else:  # a connection closed: a rank on another host ended
+            cause = "another rank died (it closed its connection; it runs on another host)"
+        return f"rank {self.rank} of {self.size}: {cause} during {what} ({first})"
+
+    def dead_peers(self, wait_s: float = 1.0) -> list[int]:
+        """The other ranks on this host whose process has ended (gone from /proc, or a zombie).
+        A connection closes as its process exits, a moment before the process is a zombie:
+        look again for up to `wait_s`."""
+        here = socket.gethostname()
+        mine = [(r, pid) for r, (host, pid) in enumerate(self.peers) if r != self.rank and host == here]
+        if not mine or not os.path.isdir("/proc/self"):
+            return []
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r, pid in mine if not _running(pid)]
+            if dead or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.05)
 
     def all_reduce_grads(self, parameters: Sequence[Any]) -> None:
         """Sum every parameter's .grad across ranks (a missing grad counts as zeros), as one
@@ -193,6 +226,14 @@ class World:
                 b.div_(self.size)
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 _WORLD = World()
 
 
@@ -220,6 +261,7 @@ def init(settings: DistributedSettings, device_kind: str) -> World:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=settings.timeout_s))
     _WORLD = World(dist.get_rank(), dist.get_world_size(), local_rank, settings.timeout_s)
+    _WORLD.peers = tuple(tuple(p) for p in _WORLD.gather([(socket.gethostname(), os.getpid())]))
     return _WORLD
 
 

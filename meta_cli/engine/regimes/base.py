@@ -117,13 +117,18 @@ class Regime(abc.ABC):
         """Process settings the regime's numbers depend on (meta-RL: one intra-op thread)."""
 
     # -- training ------------------------------------------------------------------------
-    def start(self, settings: "TrainSettings", seed: int, bf16: bool) -> None:
-        """Make what training needs besides the model: the outer optimizer, the schedule."""
-        self.settings, self.seed, self.bf16 = settings, seed, bf16
+    def start(self, settings: "TrainSettings", seed: int, bf16: bool, threads: int | None = 1) -> None:
+        """Make what training needs besides the model: the outer optimizer, the schedule.
+        `threads`: the intra-op threads validation runs at (eval.threads)."""
+        self.settings, self.seed, self.bf16, self.threads = settings, seed, bf16, threads
 
     @abc.abstractmethod
     def step(self, iteration: int) -> StepResult:
         """One outer step (1-based `iteration`), applied to the model on every process."""
+
+    def reschedule(self, iterations: int | None, done: int = 0) -> None:
+        """Lay the lr schedule over `iterations` steps, `done` of them taken (a time budget's
+        decision); None: no schedule, the first lr, while the budget is probed."""
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's and schedule's state (the weights are the Trainer's to keep)."""
@@ -143,6 +148,10 @@ class Regime(abc.ABC):
         """The metric that picks best.pt, and the values of metrics.csv's val row."""
 
     # -- meta-testing --------------------------------------------------------------------
+    @abc.abstractmethod
+    def meta_test_size(self, evaluation: "EvalSettings") -> int:
+        """The episodes (or tasks) the meta-test runs: a time budget keeps their time back."""
+
     @abc.abstractmethod
     def meta_test(self, evaluation: "EvalSettings", identity: dict[str, Any], out: Path) -> float:
         """Meta-test the model, write the result files into `out` (rank 0) and print the table;
@@ -205,6 +214,12 @@ class GradientUpdate:
         if self.scheduler is not None:
             self.scheduler.step()
         return loss_sum, accuracy_sum
+
+    def reschedule(self, kind: str, iterations: int | None, done: int) -> None:
+        """The schedule `kind` over `iterations` steps, `done` of them taken (None: none)."""
+        self.scheduler = None if iterations is None else schedule(self.optimizer, kind, iterations)
+        for _ in range(done if self.scheduler is not None else 0):
+            self.scheduler.step()
 
     def autocast(self) -> Any:
         """The precision of this run's forward passes (train.precision)."""

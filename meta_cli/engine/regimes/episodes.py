@@ -35,12 +35,15 @@ class Episodes(Supervised):
         source.check("train", train.ways or source.ways, source.shots, train.query or source.query,
                      keys=keys, use="meta-training")
 
-    def start(self, settings: "TrainSettings", seed: int, bf16: bool) -> None:
-        super().start(settings, seed, bf16)
+    def start(self, settings: "TrainSettings", seed: int, bf16: bool, threads: int | None = 1) -> None:
+        super().start(settings, seed, bf16, threads)
         optimizer = self.model.meta_optimizer(settings.meta_lr)
         self.update = GradientUpdate(self.model, optimizer, schedule(optimizer, settings.lr_schedule,
                                                                      settings.iterations),
                                      self.world, settings.clip_grad_norm, bf16)
+
+    def reschedule(self, iterations: int | None, done: int = 0) -> None:
+        self.update.reschedule(self.settings.lr_schedule, iterations, done)
 
     def state_dict(self) -> dict[str, Any]:
         return self.update.state_dict()

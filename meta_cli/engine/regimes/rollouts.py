@@ -15,6 +15,7 @@ from meta_cli.engine.regimes.base import Regime, StepResult
 from meta_cli.errors import UserError
 from meta_cli.evaluation.episodes import EvalSettings
 from meta_cli.rundir.outputs import text_table, write_csv
+from meta_cli.runlog import show
 
 if TYPE_CHECKING:
     from meta_cli.engine.build import TrainSpec
@@ -46,6 +47,7 @@ class Rollouts(Regime):
     def check_eval(cls, algorithm: dict[str, Any], source: Any, evaluation: EvalSettings,
                    outputs: int) -> None:
         """Meta-RL meta-tests `eval.tasks` tasks; nothing else of eval.* shapes them."""
+        evaluation.check_applies("rl")
 
     @classmethod
     def build(cls, config: dict[str, Any], source: Any, classes: int | None = None) -> nn.Module:
@@ -77,6 +79,9 @@ class Rollouts(Regime):
                                            self.seed, (0, steps))
         return after.mean, {"return_pre": before.mean, "return_post": after.mean}
 
+    def meta_test_size(self, evaluation: EvalSettings) -> int:
+        return evaluation.tasks
+
     def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
         from meta_cli.evaluation import returns as rl
 
@@ -88,6 +93,7 @@ class Rollouts(Regime):
             write_csv(out / "returns.csv", list(rl.RETURNS_COLUMNS), rows)
             write_csv(out / "task_returns.csv", list(rl.TASK_COLUMNS),
                       rl.task_rows(results, self.source, evaluation.split, evaluation.seed))
-            print(text_table([{**r, "return": f"{r['return']:.2f} +- {r['ci95']:.2f}"} for r in rows],
-                             ["algorithm", "dataset", "split", "episodes", "steps", "return"]), flush=True)
+            show(text_table([{**r, "return": f"{r['return']:.2f} +- {r['ci95']:.2f}"} for r in rows],
+                            ["algorithm", "dataset", "split", "episodes", "steps", "return",
+                             *(["test_settings"] if identity.get("test_settings") else [])]))
         return next(r.mean for r in results if r.steps == self.model.adaptation_steps)

@@ -81,7 +81,7 @@ class Supervised(Regime):
     def _validation(self) -> EpisodeValidation:
         if not hasattr(self, "_episodes"):
             self._episodes = EpisodeValidation(self.model, self.source, self.settings.val_episodes,
-                                               self.seed, self.world)
+                                               self.seed, self.world, self.threads)
         return self._episodes
 
     @property
@@ -93,6 +93,9 @@ class Supervised(Regime):
 
     def validate(self, iteration: int) -> tuple[float, dict[str, float | None]]:
         return self._validation(iteration)
+
+    def meta_test_size(self, evaluation: EvalSettings) -> int:
+        return evaluation.episodes * len(evaluation.settings(self.source))
 
     def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
         rows = test_rows(self.model, self.source, evaluation, identity, self.world)
