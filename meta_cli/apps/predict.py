@@ -19,11 +19,10 @@ from meta_cli.engine.instantiate import instantiate
 from meta_cli.data.image_files import IMAGE_EXTENSIONS, list_images
 from meta_cli.errors import UserError
 from meta_cli.rundir.job import guarded, run_dir
+from meta_cli.rundir.outputs import PREDICTION_COLUMNS as COLUMNS
 from meta_cli.rundir.outputs import text_table, write_csv
 from meta_cli.apps.learner import Learner, restore
 from meta_cli.config.validation import check_config, plain
-
-COLUMNS = ["path", "predicted_class", "score"]
 
 
 @dataclass

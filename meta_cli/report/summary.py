@@ -16,12 +16,10 @@ from omegaconf import DictConfig
 
 from meta_cli.atomic import write_atomic
 from meta_cli.rundir.checkpointer import setting_overrides
-from meta_cli.rundir.outputs import ACCURACY_COLUMNS
+from meta_cli.rundir.outputs import ACCURACY_COLUMNS, JOB_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
-
-JOB_COLUMNS = ["job", "status", "error", "overrides", "run_dir"]
 
 #: Sweep dirs started in this process (filled by SweepCallback), for the CLI to summarise.
 SWEEP_DIRS: list[Path] = []

@@ -12,8 +12,29 @@ from typing import Any, Callable, Iterable, Iterator
 
 from meta_cli.atomic import write_atomic
 
+#: metrics.csv's first and last columns, whatever the regime: its own go between
+#: (meta_cli.engine.regimes.base.Regime.columns).
+METRICS_LEADING, METRICS_TRAILING = ("iteration", "split"), ("tasks_per_s", "elapsed_s")
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint"]
+EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+#: returns.csv (meta-RL): accuracy.csv's identifying columns, then the adaptation steps and the return.
+RETURNS_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split", "episodes",
+                   "steps", "return", "ci95", "seed", "checkpoint"]
+#: task_returns.csv (meta-RL; episodes.csv's counterpart): one row per (task, steps).
+TASK_RETURNS_COLUMNS = ["split", "task", "steps", "return", "params"]
+#: predictions.csv of `meta-cli predict`.
+PREDICTION_COLUMNS = ["path", "predicted_class", "score"]
+#: summary.csv's leading columns (then one per override key, then the result's columns).
+JOB_COLUMNS = ["job", "status", "error", "overrides", "run_dir"]
+
+
+def is_metrics_header(line: str) -> bool:
+    """Whether `line` (without its newline) is the header of a meta-cli metrics.csv, of any regime."""
+    names = line.split(",")
+    return (len(names) > len(METRICS_LEADING) + len(METRICS_TRAILING)
+            and tuple(names[:len(METRICS_LEADING)]) == METRICS_LEADING
+            and tuple(names[-len(METRICS_TRAILING):]) == METRICS_TRAILING)
 
 
 def cell(value: Any) -> Any:
@@ -62,9 +83,6 @@ class MetricsLog:
         """The rows so far on disk: before a checkpoint that counts them is committed."""
         if self._logger is not None:
             self._logger.sync()
-
-
-EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
