@@ -13,7 +13,8 @@ Layouts under dataset.root:
   `fractions` (train, val, test; each non-zero fraction gets at least one class).
 
 Preprocessing: the dataset's `ImageTransform(image_size, channels, mean, std)`: images
-converted to RGB (channels=3) or grayscale (channels=1), resized to image_size x image_size
+with transparency composited onto white (black strokes on transparency read as strokes on
+paper), converted to RGB (channels=3) or grayscale (channels=1), resized to image_size x image_size
 with LANCZOS (the aspect ratio is not kept), scaled to 0..1, then normalised per channel,
 (x - mean) / std, when mean and std are set.
 

@@ -29,7 +29,7 @@ from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
 from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 
-CACHE_FORMAT = 2  # 2: keyed by ImageTransform.pixel_key
+CACHE_FORMAT = 3  # 2: keyed by ImageTransform.pixel_key; 3: transparency composited (transform.flatten)
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
