@@ -16,7 +16,7 @@ import pandas as pd
 from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
 from meta_cli.rundir.outputs import text_table
-from meta_cli.report.summary import job_dirs, summary, write_summary
+from meta_cli.report.summary import UNREADABLE, Unreadable, job_dirs, read_job_file, summary, write_summary
 
 CURVES = "learning_curves.png"
 RESULTS = "test_results.png"
@@ -41,8 +41,9 @@ def _setting(overrides: object, common: list[str], keep_seed: bool = False) -> s
     return " ".join(kept) or "(defaults)"
 
 
-#: Job states as status.json records them; `running` with no live process is unfinished.
-STATES = ("ok", "failed", "stopped")
+#: Job states as status.json records them (and summary's `unreadable`: a damaged file); any
+#: other (`running` with no live process, never started) is unfinished.
+STATES = ("ok", "failed", "stopped", UNREADABLE)
 
 
 def _kind(rows: pd.DataFrame) -> pd.Series:
@@ -58,8 +59,8 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
 
     Classification rows fill `accuracy` (a fraction), regression rows `mse` (the test loss),
     meta-RL rows `return` (one row per adaptation `steps`): a sweep over several kinds keeps
-    them apart. Jobs are counted by state: failed, stopped (by
-    SIGTERM/SIGINT, resumable) and unfinished (still running, killed, or never started).
+    them apart. Jobs are counted by state: failed, stopped (by SIGTERM/SIGINT, resumable),
+    unfinished (still running, killed, or never started) and unreadable (a damaged file).
     """
     common = common_overrides(summary)
     frame = summary.assign(setting=summary["overrides"].map(lambda o: _setting(o, common)))
@@ -67,8 +68,9 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     for setting, jobs in frame.groupby("setting", sort=False):
         done = jobs[jobs["status"] == "ok"]
         counts = {"jobs": jobs["job"].nunique(),
-                  **{state: jobs.loc[jobs["status"] == state, "job"].nunique() for state in STATES[1:]},
-                  "unfinished": jobs.loc[~jobs["status"].isin(STATES), "job"].nunique()}
+                  **{state: jobs.loc[jobs["status"] == state, "job"].nunique() for state in ("failed", "stopped")},
+                  "unfinished": jobs.loc[~jobs["status"].isin(STATES), "job"].nunique(),
+                  UNREADABLE: jobs.loc[jobs["status"] == UNREADABLE, "job"].nunique()}
         if done.empty:
             rows.append({"setting": setting, **counts})
             continue
@@ -81,7 +83,7 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
                          f"{kind}_ci95": group["ci95"].astype(float).mean(),
                          "seed_std": values.std(ddof=1) if len(values) > 1 else math.nan})
     table = pd.DataFrame(rows)
-    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", "seeds",
+    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", UNREADABLE, "seeds",
              "accuracy", "accuracy_ci95", "mse", "mse_ci95", "return", "return_ci95", "seed_std"]
     return table.reindex(columns=[c for c in order if c in table.columns and
                                   (c != "steps" or table["steps"].notna().any())])
@@ -123,8 +125,12 @@ def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
 
     common = common_overrides(summary)
     jobs = summary.drop_duplicates("run_dir")
-    curves = [(row, pd.read_csv(Path(row.run_dir) / "metrics.csv")) for row in jobs.itertuples()
-              if (Path(row.run_dir) / "metrics.csv").is_file()]
+    curves = []
+    for row in jobs.itertuples():
+        try:  # an unreadable metrics.csv was named by `summary`, which read it first
+            curves.append((row, read_job_file(Path(row.run_dir) / "metrics.csv")))
+        except (Unreadable, FileNotFoundError):
+            continue
     curves = [(row, m) for row, m in curves if not m.empty]
     if not curves:
         return None
