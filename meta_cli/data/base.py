@@ -108,6 +108,10 @@ class TaskSource(abc.ABC):
     query: int
 
     title: str = "dataset"  # its name in messages, e.g. "omniglot minimal"
+    #: Whether `root` is a data root that holds this dataset's folder (`<root>/omniglot/`): eval's
+    #: data_root, $META_CLI_DATA by default, then replaces it. False where `root` is the dataset
+    #: itself (image_folder), which only an explicit data_root moves.
+    under_data_root: bool = True
 
     @abc.abstractmethod
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,

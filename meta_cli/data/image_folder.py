@@ -97,6 +97,8 @@ def decode(classes: dict[str, list[Path]], transform: ImageTransform) -> Decoded
 
 
 class ImageFolder(ImageTensorSource):
+    under_data_root = False  # dataset.root is the image folder itself, not a folder holding it
+
     def __init__(
         self,
         root: str | None,
