@@ -64,3 +64,87 @@ def test_damaged_files_are_counted_unreadable_and_the_rest_reported(cli, tmp_pat
         0: "ok", 1: "unreadable", 2: "unreadable", 3: "unreadable", 4: "unreadable", 5: "unreadable", 6: "failed"}
     assert (sweep / "learning_curves.png").read_bytes().startswith(PNG)
     assert (sweep / "test_results.png").read_bytes().startswith(PNG)
+
+
+def _columns(line: str, names: list[str]) -> list[int]:
+    """The terminal column at which each of `names` starts in `line`."""
+    from meta_cli.rundir.outputs import display_width
+
+    return [display_width(line[: line.index(name)]) for name in names]
+
+
+def test_wide_characters_keep_table_columns_aligned():
+    from meta_cli.rundir.outputs import display_width, text_table
+
+    assert [display_width(t) for t in ("クラス 1", "ｘ", "e\u0301", "a\u200db", "abc")] == [8, 2, 1, 2, 3]
+    table = text_table([{"path": "a.png", "predicted_class": "クラス 1", "score": 0.5},
+                        {"path": "b.png", "predicted_class": "x", "score": 0.25}]).splitlines()
+    assert _columns(table[0], ["score"]) == _columns(table[1], ["0.5"]) == _columns(table[2], ["0.25"])
+
+
+def test_report_of_many_one_point_jobs_with_long_wide_labels(cli, tmp_path):
+    """12 jobs (more than matplotlib's 10 colours), each curve a single point, settings with
+    long option names and Japanese class folders."""
+    sweep = tmp_path / "sweep"
+    for i in range(12):
+        make_job(sweep / str(i), [f"dataset.root=/data/images/クラス_{i % 6}",
+                                  f"algorithm.a_rather_long_option_name_for_a_label_{i % 6}=0.000{i % 6}",
+                                  f"seed={i // 6}"], accuracy=0.4 + i / 100, iterations=(10,))
+    result = cli("report", str(sweep))
+    assert result.returncode == 0, result.stderr
+    # At most one line per PNG about glyphs no installed font has, never one per glyph.
+    assert len([w for w in result.stderr.splitlines() if "no installed font has" in w]) <= 2, result.stderr
+    assert "Glyph" not in result.stderr
+    lines = result.stdout.splitlines()
+    header, rows = lines[1], [line for line in lines if line.startswith("dataset.root=")]
+    assert len(rows) == 6
+    for row in rows:  # the numbers start under their headers although クラス is 2 columns a character
+        assert _columns(row, ["test"]) == _columns(header, ["split"])
+    from PIL import Image
+
+    with Image.open(sweep / "test_results.png") as image:  # labels wrap: the figure stays readable
+        assert image.width < 1100 and image.height < 1400, image.size
+
+
+def _figure(monkeypatch):
+    """The figures report's plots save (closed, still readable) instead of their PNGs."""
+    from meta_cli.report import report
+
+    saved = []
+    monkeypatch.setattr(report, "save_png", lambda figure, path: saved.append(figure))
+    return saved
+
+
+def test_curves_of_one_point_have_markers_and_every_job_its_own_style(tmp_path, monkeypatch):
+    from meta_cli.report import report
+    from meta_cli.report.plot_style import series_styles
+    from meta_cli.report.summary import summary
+
+    for count in (1, 10, 11, 20, 21, 45):
+        styles = [(tuple(s["color"]), s["linestyle"]) for s in series_styles(count)]
+        assert len(set(styles)) == count
+    for i in range(12):
+        make_job(tmp_path / "sweep" / str(i), [f"seed={i}"], accuracy=0.5, iterations=(10,))
+    saved = _figure(monkeypatch)
+    report.plot_curves(tmp_path, summary(tmp_path / "sweep"), "sweep")
+    (figure,) = saved
+    train_loss = figure.axes[0]
+    assert len(train_loss.lines) == 12
+    assert all(line.get_marker() not in (None, "None", "") and len(line.get_xdata()) == 1 for line in train_loss.lines)
+    assert len({(tuple(line.get_color()), line.get_linestyle()) for line in train_loss.lines}) == 12
+
+
+def test_result_labels_are_wrapped_beside_horizontal_bars(tmp_path, monkeypatch):
+    from meta_cli.report import report
+    from meta_cli.report.summary import summary
+
+    long = "algorithm.a_rather_long_option_name_for_a_label=0.001 dataset.root=/a/very/long/path/to/images"
+    for i in range(3):
+        make_job(tmp_path / "sweep" / str(i), [f"{long}{i}"], accuracy=0.5)
+    saved = _figure(monkeypatch)
+    report.plot_results(tmp_path, report.aggregate(summary(tmp_path / "sweep")), "sweep")
+    (figure,) = saved
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert len(labels) == 3 and all(len(line) <= 40 for label in labels for line in label.splitlines())
+    assert all(label.splitlines()[-1] == "5-way 1-shot, 1 seed" for label in labels)
+    assert figure.get_size_inches()[0] == 7  # wide labels never widen the figure

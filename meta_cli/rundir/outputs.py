@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -104,18 +105,30 @@ def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_csv(path, EPISODE_COLUMNS, rows)
 
 
+def display_width(text: str) -> int:
+    """The terminal columns `text` takes: East Asian wide and fullwidth characters (`クラス`)
+    two each, combining marks and format characters (a zero-width joiner) none, others one."""
+    width = 0
+    for char in text:
+        if unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
 def text_table(rows: Any, columns: list[str] | None = None) -> str:
     """Rows (dicts, or a DataFrame) as an aligned text table: a header line, then one line per
-    row, each column as wide as its widest cell; empty cells for missing values. The one
-    table formatter of the CLI (train/eval results, report, predict)."""
+    row, each column as wide as its widest cell on a terminal (`display_width`); empty cells
+    for missing values. The one table formatter of the CLI (train/eval results, report, predict)."""
     if hasattr(rows, "to_dict"):  # a pandas DataFrame
         columns = columns or [str(c) for c in rows.columns]
         rows = rows.astype(object).where(rows.notna(), "").to_dict("records")
     columns = columns or list(rows[0]) if rows else (columns or [])
     cells = [[str(cell(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     lines = [columns, *cells]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    widths = [max(display_width(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join("  ".join(text + " " * (w - display_width(text)) for text, w in zip(line, widths)).rstrip()
+                     for line in lines)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
