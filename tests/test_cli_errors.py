@@ -12,7 +12,7 @@ BAD_TRAIN_INPUTS = [
     (["+algorithm.fast_lrr=0.1"], ["algorithm.fast_lrr", "Allowed keys", "fast_lr"]),
     (["+misspelled=1"], ["'misspelled'", "Allowed keys", "train"]),
     (["train.iteratons=5"], ["train.iteratons", "iterations"]),
-    (["dataset.ways=abc"], ["dataset.ways", "integer >= 2", "'abc'"]),
+    (["dataset.ways=abc"], ["dataset.ways", "integer >= 2", "got abc."]),
     (["train.iterations=1.5"], ["train.iterations", "integer >= 1"]),
     (["algorithm.first_order=maybe"], ["algorithm.first_order", "true or false"]),
     (["dataset.ways=1"], ["dataset.ways", ">= 2"]),

@@ -91,7 +91,7 @@ def _not_ours(path: Path) -> str | None:
                     else any(header == ",".join(columns) for columns in CSV_HEADERS[name]))
             return None if ours else f"{name} (header '{header[:60]}')"
         if name in ("status.json", "splits.json") and path.stat().st_size:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes())  # UTF-8 whatever the locale
             if not isinstance(data, dict) or (name == "status.json" and "status" not in data):
                 return f"{name} (not a meta-cli {name.split('.')[0]} record)"
     except (OSError, ValueError) as exc:
