@@ -3,6 +3,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
+
+import yaml
+
+
+def shown(value: Any) -> str:
+    """A config value as a user writes it in an override (YAML flow style): true, null, foo,
+    [1, a], '0.1' (a string that would read as a number keeps its quotes); not Python's repr."""
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    except yaml.YAMLError:
+        return str(value)
+    return text.strip().removesuffix("...").strip()
 
 
 class UserError(Exception):

@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"rundir"},  # the run folder: checkpoints and their owner, metrics, the lock, status.json
     {"algorithms", "models", "data", "rl"},  # the components configs name by _target_
     {"config", "runtime"},  # configs against signatures; the process and its peers
-    {"errors", "params", "atomic", "_l2l"},  # leaves
+    {"errors", "params", "atomic", "runlog", "_l2l"},  # leaves
 ]
 
 

@@ -240,7 +240,7 @@ def test_check_too_many_ways_or_too_few_images(tmp_path):
     with pytest.raises(UserError, match=r"dataset.ways=7 .* 6 classes of the CIFAR-FS train split"):
         data.check("train", 7, 1, 1)
     eval_keys = {"ways": "eval.ways", "shots": "eval.shots", "query": "eval.query"}
-    with pytest.raises(UserError, match=r"shots \+ query = 1 \+ 4 .* 4 images.*lower eval.shots or eval.query"):
+    with pytest.raises(UserError, match=r"shots \+ query = 1 \+ 4 .* 4 images.*lower eval.query to 3\."):
         data.check("test", 5, 1, 4, keys=eval_keys)
 
 

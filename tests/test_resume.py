@@ -151,7 +151,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(cli, tmp_path, kill
     newest.write_bytes(bytes(data))
     resumed = cli("train", "resume=run")
     assert resumed.returncode == 0, resumed.stderr
-    assert "step-0000080.pt is corrupt" in resumed.stderr and "Falling back" in resumed.stderr
+    assert "step-0000080.pt is corrupt" in resumed.stderr and "falling back to step-0000060.pt" in resumed.stderr
     assert resumed.stderr.count("is corrupt") == 1  # once, not from each reader of the dir
     _assert_same(_state(tmp_path / "run"), reference)
 

@@ -18,14 +18,13 @@ from omegaconf import DictConfig
 
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.data.image_files import IMAGE_EXTENSIONS, list_images
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, shown
+from meta_cli.rundir.outputs import PREDICTION_COLUMNS as COLUMNS
 from meta_cli.apps.learner import Learner, restore
 from meta_cli.config.validation import check_config, plain
 from meta_cli.rundir.job import guarded, run_dir
 from meta_cli.rundir.outputs import text_table, write_csv
 from meta_cli.runlog import show
-
-COLUMNS = ["path", "predicted_class", "score"]
 
 
 @dataclass
@@ -45,7 +44,7 @@ def _path(value: Any, key: str) -> Path:
     if value == "???" or value is None:
         raise UserError(f"{key}= is required: meta-cli predict checkpoint=PATH support=DIR query=DIR.")
     if not isinstance(value, str):
-        raise UserError(f"{key} must be a path; got {value!r}.")
+        raise UserError(f"{key} must be a path; got {shown(value)}.")
     return Path(value).expanduser()
 
 

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf, open_dict
 
 from meta_cli.cli.commandline import CommandLine, key_of
 from meta_cli.config import presets
+from meta_cli.rundir import files
 from meta_cli.errors import UserError
 from meta_cli.config.validation import check_config, plain
 
@@ -194,9 +195,13 @@ def check_writable(line: CommandLine) -> None:
 
     Tried for real (permission bits say nothing to root, or on a read-only mount): the dir is
     created (for the default `outputs/<date>/<time>`, only `outputs/`) and a temp file probed.
+    A given dir that exists must hold only meta-cli's files (`rundir.files.check_folder`).
     """
     key = line.run_dir_key + "="
-    target = Path(line.value(line.run_dir_key) or "outputs").expanduser().absolute()
+    given = line.value(line.run_dir_key)
+    target = Path(given or "outputs").expanduser().absolute()
+    if given:
+        files.check_folder(target, line.multirun, key, resuming=line.value("resume") not in (None, "", "null"))
     try:
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=target):

@@ -25,7 +25,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, shown
 from meta_cli.params import Ge, Gt
 from meta_cli.config.signatures import signature
 
@@ -109,7 +109,7 @@ def matches(value: Any, hint: Any) -> bool:
 def check_node(node: dict[str, Any], path: str) -> None:
     """Validate one config node against its `_target_`; raise UserError on the first fault."""
     if not isinstance(node, dict) or "_target_" not in node:
-        raise UserError(f"'{path}' must be a config group node with a _target_, got {node!r}.")
+        raise UserError(f"'{path}' must be a config group node with a _target_, got {shown(node)}.")
     params = signature(node["_target_"]).parameters
     allowed = ", ".join(sorted(params))
     for key, value in node.items():
@@ -118,9 +118,13 @@ def check_node(node: dict[str, Any], path: str) -> None:
         if key not in params:
             owners = [name for name, keys in _options_of(path).items() if key in keys]
             where = f" It is an option of {path}={', '.join(owners)}." if owners else ""
+            if not allowed:  # an empty list would read as a glitch
+                option = next((n for n, t in _targets_of(path).items() if t == node["_target_"]), None)
+                raise UserError(f"Unknown config key '{path}.{key}'.{where} "
+                                f"{f'{path}={option}' if option else node['_target_']} has no keys to set.")
             raise UserError(f"Unknown config key '{path}.{key}'.{where} Allowed keys of {path}: {allowed}.")
         if not matches(value, params[key].hint):
-            raise UserError(f"{path}.{key} must be {describe(params[key].hint)}; got {value!r}.")
+            raise UserError(f"{path}.{key} must be {describe(params[key].hint)}; got {shown(value)}.")
     for name, p in params.items():
         if p.required and name not in node:
             raise UserError(f"Missing config key '{path}.{name}' ({describe(p.hint)}).")
@@ -141,6 +145,16 @@ def _options_of(group: str) -> dict[str, frozenset[str]]:
     return options
 
 
+@functools.lru_cache(maxsize=None)
+def _targets_of(group: str) -> dict[str, str]:
+    """Option name -> its _target_, for each option of a config group."""
+    folder = resources.files("meta_cli.conf") / group
+    if not folder.is_dir():
+        return {}
+    return {file.name[:-5]: (yaml.safe_load(file.read_text()) or {}).get("_target_")
+            for file in folder.iterdir() if file.name.endswith(".yaml")}
+
+
 def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:
     """Reject keys outside `allowed` (for nodes without a constructor, like the top level)."""
     unknown = sorted(set(node) - allowed)
@@ -152,7 +166,7 @@ def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:
 
 def check_seed(seed: Any) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UserError(f"seed must be an integer >= 0; got {seed!r}.")
+        raise UserError(f"seed must be an integer >= 0; got {shown(seed)}.")
     return seed
 
 

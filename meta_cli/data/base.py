@@ -108,6 +108,10 @@ class TaskSource(abc.ABC):
     query: int
 
     title: str = "dataset"  # its name in messages, e.g. "omniglot minimal"
+    #: Whether `root` is a data root that holds this dataset's folder (`<root>/omniglot/`): eval's
+    #: data_root, $META_CLI_DATA by default, then replaces it. False where `root` is the dataset
+    #: itself (image_folder), which only an explicit data_root moves.
+    under_data_root: bool = True
 
     @abc.abstractmethod
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
@@ -124,17 +128,53 @@ class TaskSource(abc.ABC):
 
         `keys` names the config key each of ways, shots and query came from (the one the user
         set), `use` what the episodes are for, `hint` which other key also bounds the value.
+        The message names what is short (the classes, when only some are) and a change that
+        would work.
         """
         where = f"the {self.title} {split} split" + (f" ({use})" if use else "")
         tail = f" {hint}" if hint else ""
         n = self.num_classes(split)
         if ways > n:
-            raise UserError(f"{keys['ways']}={ways} is more than the {n} classes of {where}; use "
-                            f"{keys['ways']} <= {n}.{tail}")
+            bound, smallest = n, split
+            if keys["ways"] == DATASET_KEYS["ways"]:  # it also shapes validation and test episodes
+                bound, smallest = min([(n, split)] + [(self.num_classes(s), s) for s in ("val", "test")])
+            why = f" (the {smallest} split has {bound})" if bound < n else ""
+            advice = [f"use {keys['ways']} <= {bound}{why}"] if bound >= 2 else []  # 2 classes at least
+            advice += [a for a in [self.classes_advice(split, ways)] if a]
+            raise UserError(f"{keys['ways']}={ways} is more than the {n} class{'' if n == 1 else 'es'} of "
+                            f"{where}; {'; or '.join(advice) or 'give it more classes'}.{tail}")
         per_class = self.images_per_class(split)
-        if shots + query > per_class:
-            raise UserError(f"shots + query = {shots} + {query} is more than the {per_class} images per "
-                            f"class of {where}; lower {keys['shots']} or {keys['query']}.{tail}")
+        needed = shots + query
+        if needed > per_class:
+            sizes = self.class_sizes(split)
+            short = sorted((k, c) for c, k in sizes.items() if k < needed)
+            if short and len(short) < len(sizes):  # some classes only: name them
+                shown = ", ".join(f"'{c}' ({k})" for k, c in short[:3]) + (
+                    f" and {len(short) - 3} more" if len(short) > 3 else "")
+                what = (f"{len(short)} of the {len(sizes)} classes of {where} {'has' if len(short) == 1 else 'have'} "
+                        f"fewer images than shots + query = {shots} + {query} = {needed}: {shown}")
+                fix = f"add images to {'that class' if len(short) == 1 else 'those classes'} or remove " \
+                      f"{'it' if len(short) == 1 else 'them'}"
+            else:
+                what = (f"shots + query = {shots} + {query} is more than the {per_class} images per "
+                        f"class of {where}")
+                fix = ""
+            if per_class - shots >= 1:
+                fix = "; or ".join(filter(None, [fix, f"lower {keys['query']} to {per_class - shots}"]))
+            elif per_class >= 2:
+                fix = "; or ".join(filter(None, [fix, f"lower {keys['shots']} to {per_class - 1} and "
+                                                      f"{keys['query']} to 1"]))
+            raise UserError(f"{what}; {fix or 'every class needs 2 images at least (a support and a query image)'}."
+                            f"{tail}")
+
+    def class_sizes(self, split: Split) -> dict[str, int]:
+        """Images of each class of `split` (empty where unknown): names the classes too small
+        for an episode."""
+        return {}
+
+    def classes_advice(self, split: Split, ways: int) -> str:
+        """How to give `split` `ways` classes, when that is the dataset's to say ('' if not)."""
+        return ""
 
     # Non-episodic training (algorithm=pretrain): numbered mini-batches of (image, class of
     # the split). Datasets of classes get these from `sampler.ClassBatches`.

@@ -52,8 +52,15 @@ def read_pickle(path: Path, expected: str, encoding: str = "ASCII") -> Any:
 
 
 def open_image(source: bytes | Path, where: str) -> Image.Image:
-    """An encoded image, loaded; a missing, unreadable or truncated file is a UserError naming
-    `where`, and PIL's warning about a huge image one warning line naming it too."""
+    """An encoded image, loaded; a missing, empty, unreadable or truncated file is a UserError
+    naming `where`, and PIL's warning about a huge image one warning line naming it too."""
+    try:
+        empty = not source if isinstance(source, bytes) else Path(source).stat().st_size == 0
+    except OSError:
+        empty = False  # a missing or unreadable file: Image.open says which below
+    if empty:
+        raise UserError(f"image {where} is empty (0 bytes: an interrupted copy or download?); "
+                        f"replace or remove it.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
         try:

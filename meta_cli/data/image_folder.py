@@ -13,7 +13,8 @@ Layouts under dataset.root:
   `fractions` (train, val, test; each non-zero fraction gets at least one class).
 
 Preprocessing: the dataset's `ImageTransform(image_size, channels, mean, std)`: images
-converted to RGB (channels=3) or grayscale (channels=1), resized to image_size x image_size
+with transparency composited onto white (black strokes on transparency read as strokes on
+paper), converted to RGB (channels=3) or grayscale (channels=1), resized to image_size x image_size
 with LANCZOS (the aspect ratio is not kept), scaled to 0..1, then normalised per channel,
 (x - mean) / std, when mean and std are set.
 
@@ -58,13 +59,18 @@ def find_classes(folder: Path, prefix: str = "") -> dict[str, list[Path]]:
     return {c: files for c, files in classes.items() if files}
 
 
+def split_sizes(n: int, fractions: list[float]) -> tuple[int, int, int]:
+    """The train, val and test classes of a cut of n classes by `fractions`."""
+    n_val, n_test = (max(1, round(n * f)) if f > 0 else 0 for f in fractions[1:])
+    return n - n_val - n_test, n_val, n_test
+
+
 def split_by_fractions(classes: list[str], fractions: list[float], seed: int) -> dict[str, list[str]]:
     """Seeded, sorted-then-shuffled cut of `classes` into train / val / test."""
     shuffled = sorted(classes)
     random.Random(seed).shuffle(shuffled)  # own RNG: independent of the global one
     n = len(shuffled)
-    n_val, n_test = (max(1, round(n * f)) if f > 0 else 0 for f in fractions[1:])
-    n_train = n - n_val - n_test
+    n_train, n_val, n_test = split_sizes(n, fractions)
     if n_train < 1:
         raise UserError(f"{n} classes are too few to split by dataset.fractions={list(fractions)}; "
                         f"add classes or use root/train, root/val, root/test folders.")
@@ -74,9 +80,13 @@ def split_by_fractions(classes: list[str], fractions: list[float], seed: int) ->
 
 def find_pools(folder: Path) -> dict[str, dict[str, list[Path]]]:
     """'train', 'val', 'test' -> their classes when root has split folders, else 'all' -> all."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"image folder {folder} is a file, not a folder; set dataset.root (eval: data_root) "
+                        f"to the folder that holds the class folders, <class>/<images> (or "
+                        f"<group>/<class>/<images>).")
     if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist; set dataset.root to a folder of "
-                        f"<class>/<images> (or <group>/<class>/<images>).")
+        raise UserError(f"image folder {folder} does not exist; set dataset.root (eval: data_root) to a "
+                        f"folder of <class>/<images> (or <group>/<class>/<images>).")
     present = [s for s in SPLIT_FOLDERS if (folder / s).is_dir()]
     if present and len(present) < 3:
         raise UserError(f"{folder} has {'/, '.join(present)}/ but not all of train/, val/, test/; "
@@ -96,6 +106,8 @@ def decode(classes: dict[str, list[Path]], transform: ImageTransform) -> Decoded
 
 
 class ImageFolder(ImageTensorSource):
+    under_data_root = False  # dataset.root is the image folder itself, not a folder holding it
+
     def __init__(
         self,
         root: str | None,
@@ -136,6 +148,22 @@ class ImageFolder(ImageTensorSource):
         if "all" in by_part:
             return split_by_fractions(by_part["all"], fractions, seed)
         return {s: by_part[s] for s in SPLIT_FOLDERS}
+
+    def classes_advice(self, split: str, ways: int) -> str:
+        """Where `ways` classes for `split` would come from: more class folders (how many, for
+        a cut by fractions), another share, or split folders."""
+        if self.split_rule["split"] == "folders":
+            return f"add class folders to {self.folder / split}"
+        fractions = self.split_rule["fractions"]
+        total, index = sum(len(c) for c in self.splits.values()), SPLIT_FOLDERS.index(split)
+        shown = "[" + ", ".join(f"{f:g}" for f in fractions) + "]"
+        if fractions[index] == 0:
+            return f"give the {split} split a share of dataset.fractions={shown}"
+        enough = next((n for n in range(total + 1, 100 * total + 1000) if split_sizes(n, fractions)[index] >= ways), None)
+        more = f" (from {enough} classes on, it gets {ways})" if enough else ""
+        return (f"{self.folder} has {total} classes and dataset.fractions={shown} gives the {split} split "
+                f"{len(self.splits[split])}: add class folders{more}, raise the {split} share of "
+                f"dataset.fractions, or split by hand into root/train, root/val, root/test folders")
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()

@@ -29,7 +29,7 @@ from meta_cli.data.sampler import Affine, ClassBatches, ClassSampler
 from meta_cli.data.transform import ImageTransform
 from meta_cli.errors import UserError
 
-CACHE_FORMAT = 2  # 2: keyed by ImageTransform.pixel_key
+CACHE_FORMAT = 3  # 2: keyed by ImageTransform.pixel_key; 3: transparency composited (transform.flatten)
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
@@ -166,8 +166,8 @@ class ImageTensorSource(ClassBatches, TaskSource):
             raise UserError(f"the saved split names {len(unknown)} classes not in the {self.title} "
                             f"data at {self.folder} (e.g. {unknown[0]}): this checkpoint was "
                             f"trained on other files.")
-        self._images_per_class = {s: min((counts[c] for c in cs), default=0)
-                                  for s, cs in self.splits.items()}
+        self._class_sizes = {s: {c: counts[c] for c in cs} for s, cs in self.splits.items()}
+        self._images_per_class = {s: min(sizes.values(), default=0) for s, sizes in self._class_sizes.items()}
         self.device = torch.device("cpu")
         self._pixels: dict[str, torch.Tensor] = {}
         self._samplers: dict[str, ClassSampler] = {}
@@ -177,6 +177,9 @@ class ImageTensorSource(ClassBatches, TaskSource):
 
     def images_per_class(self, split: Split) -> int:
         return self._images_per_class.get(split, 0)
+
+    def class_sizes(self, split: Split) -> dict[str, int]:
+        return dict(self._class_sizes.get(split, {}))
 
     def to(self, device: torch.device) -> "ImageTensorSource":
         self.device = torch.device(device)

@@ -2,8 +2,9 @@
 
 An image reaches a model in two steps, and an `ImageTransform` is both:
 
-- `pixels`: a PIL image -> (C, size, size) uint8, what the datasets cache: converted to RGB or
-  grayscale, LANCZOS-resized when it is not size x size (the aspect ratio is not kept), and
+- `pixels`: a PIL image -> (C, size, size) uint8, what the datasets cache: a transparent image
+  (RGBA, LA, a palette or single colour marked transparent) composited onto white, converted to
+  RGB or grayscale, LANCZOS-resized when it is not size x size (the aspect ratio is not kept), and
   inverted when `invert` (Omniglot: black strokes on white become 255 on 0).
 - `to_input`: those pixels (N, C, H, W) -> float model inputs, 0..1, then (x - mean) / std per
   channel when mean and std are set. Samplers apply it to each episode's images only.
@@ -26,6 +27,18 @@ from PIL import Image
 from meta_cli.errors import UserError
 
 RESIZE = {"lanczos": Image.LANCZOS}
+#: What shows through transparent pixels: the paper a drawing sits on (Omniglot's strokes are
+#: black on white, and drawing tools save black on transparent). PIL's convert would drop the
+#: alpha and keep whatever colour the transparent pixels hold, often the strokes' own black.
+BACKGROUND = (255, 255, 255, 255)
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """`image` with any transparency composited onto BACKGROUND (RGBA); others unchanged."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")  # a palette's or a single colour's transparency becomes alpha
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba)
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,7 @@ class ImageTransform:
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """A PIL image -> (channels, size, size) uint8. PIL's errors propagate."""
-        image = image.convert("RGB" if self.channels == 3 else "L")
+        image = flatten(image).convert("RGB" if self.channels == 3 else "L")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), RESIZE[self.resize])
         array = np.asarray(image, dtype=np.uint8).reshape(self.size, self.size, self.channels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ def restore(path: str | Path, test_time: dict[str, Any] | None = None, data_root
     payload = checkpoint.load(path)
     config = copy.deepcopy(payload["config"])
     config["algorithm"] = with_test_time(config["algorithm"], test_time)
+    if data_root is None and open_data and getattr(get_object(config["dataset"]["_target_"]), "under_data_root", True):
+        data_root = os.environ.get("META_CLI_DATA")  # as train's dataset.root; not an image folder's
     if data_root is not None and "root" in config["dataset"]:  # sinusoid has no files
         config["dataset"]["root"] = data_root
     regime = regime_of(config["algorithm"]["_target_"])

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from meta_cli.runtime.distributed import World
 from meta_cli.engine.budget import Plan, TimeBudget
+from meta_cli.engine.progress import Rate
 from meta_cli.engine.regimes.base import Regime, StepResult
 from meta_cli.rundir.checkpointer import Checkpointer
 from meta_cli.rundir.outputs import MetricsLog
@@ -46,6 +47,7 @@ class Trainer:
         self.best: dict[str, Any] = {"iteration": None, "value": None, "metric": regime.metric}
         self.iteration, self.elapsed = 0, 0.0  # elapsed: training seconds before this process
         self.window: dict[str, float] = {}  # sums since the last train row
+        self.rate = Rate()  # the progress bar's tasks per second, smoothed as tqdm's own rate
         #: What the run follows; None while a time budget is still being probed.
         self.plan: Plan | None = Plan.of(settings)
         self.budget: TimeBudget | None = None
@@ -126,7 +128,7 @@ class Trainer:
                 w[key] = w.get(key, 0.0) + value
         shown = {k: f"{v:.3f}" for k, v in values.items() if v is not None and k in ("loss", "accuracy")}
         shown.update({k: f"{v:.1f}" for k, v in values.items() if k.startswith("return")})
-        bar.set_postfix({**shown, "per s": f"{result.items / seconds:.1f}"}, refresh=False)
+        bar.set_postfix({**shown, "per s": f"{self.rate.update(result.items, seconds):.1f}"}, refresh=False)
         if self.iteration % self._plan.log_every == 0 or self.iteration == self._plan.iterations:
             self._train_row(elapsed)
 

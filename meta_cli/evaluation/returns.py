@@ -11,14 +11,11 @@ from typing import Any, Sequence
 
 from meta_cli.data.base import Split
 from meta_cli.evaluation.metrics import mean_ci95
+# returns.csv's and task_returns.csv's columns are kept with every other file's (meta_cli.rundir.outputs).
+from meta_cli.rundir.outputs import RETURNS_COLUMNS
+from meta_cli.rundir.outputs import TASK_RETURNS_COLUMNS as TASK_COLUMNS
 from meta_cli.rl.base import RLAlgorithm
 from meta_cli.rl.tasks import RLTaskSource
-
-#: returns.csv: accuracy.csv's identifying columns, then the adaptation steps and the return.
-RETURNS_COLUMNS = ("algorithm", "dataset", "backbone", "ways", "shots", "query", "split", "episodes",
-                   "steps", "return", "ci95", "seed", "checkpoint", "test_settings")
-#: The per-task file (episodes.csv's counterpart): one row per (task, steps).
-TASK_COLUMNS = ("split", "task", "steps", "return", "params")
 
 
 @dataclass

@@ -6,17 +6,16 @@ sweep: jobs still `running` or never started are counted, not averaged.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
+from meta_cli.report.plot_style import markers, save_png, series_styles, use_fonts, wrap_label
+from meta_cli.report.summary import UNREADABLE, Unreadable, job_dirs, read_job_file, summary, write_summary
 from meta_cli.rundir.outputs import text_table
-from meta_cli.report.summary import job_dirs, summary, write_summary
 
 CURVES = "learning_curves.png"
 RESULTS = "test_results.png"
@@ -41,8 +40,9 @@ def _setting(overrides: object, common: list[str], keep_seed: bool = False) -> s
     return " ".join(kept) or "(defaults)"
 
 
-#: Job states as status.json records them; `running` with no live process is unfinished.
-STATES = ("ok", "failed", "stopped")
+#: Job states as status.json records them (and summary's `unreadable`: a damaged file); any
+#: other (`running` with no live process, never started) is unfinished.
+STATES = ("ok", "failed", "stopped", UNREADABLE)
 
 
 def _kind(rows: pd.DataFrame) -> pd.Series:
@@ -58,8 +58,8 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
 
     Classification rows fill `accuracy` (a fraction), regression rows `mse` (the test loss),
     meta-RL rows `return` (one row per adaptation `steps`): a sweep over several kinds keeps
-    them apart. Jobs are counted by state: failed, stopped (by
-    SIGTERM/SIGINT, resumable) and unfinished (still running, killed, or never started).
+    them apart. Jobs are counted by state: failed, stopped (by SIGTERM/SIGINT, resumable),
+    unfinished (still running, killed, or never started) and unreadable (a damaged file).
     """
     common = common_overrides(summary)
     frame = summary.assign(setting=summary["overrides"].map(lambda o: _setting(o, common)))
@@ -67,8 +67,9 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     for setting, jobs in frame.groupby("setting", sort=False):
         done = jobs[jobs["status"] == "ok"]
         counts = {"jobs": jobs["job"].nunique(),
-                  **{state: jobs.loc[jobs["status"] == state, "job"].nunique() for state in STATES[1:]},
-                  "unfinished": jobs.loc[~jobs["status"].isin(STATES), "job"].nunique()}
+                  **{state: jobs.loc[jobs["status"] == state, "job"].nunique() for state in ("failed", "stopped")},
+                  "unfinished": jobs.loc[~jobs["status"].isin(STATES), "job"].nunique(),
+                  UNREADABLE: jobs.loc[jobs["status"] == UNREADABLE, "job"].nunique()}
         if done.empty:
             rows.append({"setting": setting, **counts})
             continue
@@ -81,7 +82,7 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
                          f"{kind}_ci95": group["ci95"].astype(float).mean(),
                          "seed_std": values.std(ddof=1) if len(values) > 1 else math.nan})
     table = pd.DataFrame(rows)
-    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", "seeds",
+    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", UNREADABLE, "seeds",
              "accuracy", "accuracy_ci95", "mse", "mse_ci95", "return", "return_ci95", "seed_std"]
     return table.reindex(columns=[c for c in order if c in table.columns and
                                   (c != "steps" or table["steps"].notna().any())])
@@ -109,22 +110,31 @@ def format_table(table: pd.DataFrame) -> str:
     return text_table(shown)
 
 
-def _save_png(figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    write_atomic(path, buffer.getvalue())
-
-
-def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
-    """Train/val loss and accuracy against iteration, one line per job."""
+def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported only when a report draws
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_fonts()
+    return plt
+
+
+def _short(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
+    """Train/val loss and accuracy against iteration, one line per job, each job its own
+    colour (and line style, past 20 jobs) and markers where a curve has few points."""
+    plt = _pyplot()
     common = common_overrides(summary)
     jobs = summary.drop_duplicates("run_dir")
-    curves = [(row, pd.read_csv(Path(row.run_dir) / "metrics.csv")) for row in jobs.itertuples()
-              if (Path(row.run_dir) / "metrics.csv").is_file()]
+    curves = []
+    for row in jobs.itertuples():
+        try:  # an unreadable metrics.csv was named by `summary`, which read it first
+            curves.append((row, read_job_file(Path(row.run_dir) / "metrics.csv")))
+        except (Unreadable, FileNotFoundError):
+            continue
     curves = [(row, m) for row, m in curves if not m.empty]
     if not curves:
         return None
@@ -134,60 +144,67 @@ def plot_curves(out: Path, summary: pd.DataFrame, title: str) -> Path | None:
     panels = [(metric, split) for metric in metrics for split in ("train", "val")]
     figure, axes = plt.subplots(len(panels) // 2, 2, figsize=(12, 4 * len(panels) // 2), squeeze=False,
                                 layout="constrained")
+    styles = series_styles(len(curves))
+    labels = [_short(f"{row.job}: {_setting(row.overrides, common, keep_seed=True)}") for row, _ in curves]
     for ax, (metric, split) in zip(axes.flat, panels):
-        for row, metrics in curves:
+        for (row, metrics), style, label in zip(curves, styles, labels):
             if metric not in metrics.columns:
                 continue
-            part = metrics[metrics["split"] == split]
-            label = f"{row.job}: {_setting(row.overrides, common, keep_seed=True)}"[:70]
-            ax.plot(part["iteration"], part[metric], marker="." if split == "val" else None, label=label)
+            part = metrics[metrics["split"] == split].dropna(subset=[metric])
+            ax.plot(part["iteration"], part[metric], label=label, **style, **markers(len(part)))
         ax.set_title(f"{split} {metric}")
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, loc="upper right")
+    # Below the panels, one entry per job whatever the panels hold (a job may lack a metric).
+    handles = [plt.Line2D([], [], **style, **markers(1)) for style in styles]
+    figure.legend(handles, labels, loc="outside lower center", fontsize=7, ncols=2 if len(curves) > 6 else 1)
     figure.suptitle(f"learning curves: {title}")
-    _save_png(figure, out / CURVES)
+    save_png(figure, out / CURVES)
     plt.close(figure)
     return out / CURVES
 
 
 def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
     """The meta-test result of each setting with ci95 error bars: one panel per metric
-    (accuracy in %, test MSE), so a sweep over classification and regression shows both."""
+    (accuracy in %, test MSE), so a sweep over classification and regression shows both.
+    Bars run horizontally, a setting per row with its label wrapped beside it: any number of
+    settings and any length of label fit."""
     metrics = [m for m in ("accuracy", "mse", "return") if m in table.columns and table[m].notna().any()]
     if not metrics:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = [table.dropna(subset=[m]) for m in metrics]
+    labels = {m: [f"{wrap_label(r.setting, width=40, lines=3)}\n"
+                  f"{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
+                  f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in p.itertuples()]
+              for m, p in zip(metrics, panels) if m != "return"}
+    rows = max([len(p) for p in panels] + [0])
+    lines = max([sum(label.count("\n") + 1 for label in ls) for ls in labels.values()] + [0])
     figure, axes = plt.subplots(1, len(metrics), squeeze=False, layout="constrained",
-                                figsize=(sum(6 if m == "return" else max(6, 1.6 * len(p))
-                                             for m, p in zip(metrics, panels)), 5))
+                                figsize=(7 * len(metrics), max(4.0, 1.2 + 0.17 * lines + 0.12 * rows)))
     for ax, metric, done in zip(axes.flat, metrics, panels):
         if metric == "return":
             _adaptation_curves(ax, done)
             continue
-        labels = [f"{r.setting}\n{f'{int(r.ways)}-way ' if pd.notna(r.ways) else ''}{int(r.shots)}-shot, "
-                  f"{int(r.seeds)} seed{'s' if r.seeds > 1 else ''}" for r in done.itertuples()]
         scale = 100.0 if metric == "accuracy" else 1.0
         values, cis = scale * done[metric].astype(float), scale * done[f"{metric}_ci95"].astype(float)
-        ax.bar(range(len(done)), values, yerr=cis, capsize=6, color="#4c72b0" if metric == "accuracy" else "#dd8452")
-        for x, (value, ci) in enumerate(zip(values, cis)):
+        ax.barh(range(len(done)), values, xerr=cis, capsize=4, height=0.6,
+                color="#4c72b0" if metric == "accuracy" else "#dd8452")
+        for y, (value, ci) in enumerate(zip(values, cis)):
             ax.annotate(f"{value:.2f} ± {ci:.2f}" if metric == "accuracy" else f"{value:.4f} ± {ci:.4f}",
-                        (x, value + ci), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
-                        textcoords="offset points")
-        ax.set_xticks(range(len(done)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else "test MSE (lower is better)")
+                        (value + ci, y), ha="left", va="center", fontsize=8, xytext=(4, 0),
+                        textcoords="offset points", annotation_clip=False)
+        ax.set_yticks(range(len(done)), labels[metric], fontsize=7)
+        ax.set_ylim(len(done) - 0.5, -0.5)  # the first setting on top, as in the table
+        ax.set_xlabel("test accuracy (%)" if metric == "accuracy" else "test MSE (lower is better)")
         ax.set_title("classification: meta-test accuracy ± ci95" if metric == "accuracy"
                      else "regression: meta-test MSE ± ci95")
         if metric == "accuracy":
-            ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
+            ax.set_xlim(0, 100)
+        ax.grid(axis="x", alpha=0.3)
     figure.suptitle(f"meta-test results per setting: {title}")
-    _save_png(figure, out / RESULTS)
+    save_png(figure, out / RESULTS)
     plt.close(figure)
     return out / RESULTS
 
@@ -195,11 +212,12 @@ def plot_results(out: Path, table: pd.DataFrame, title: str) -> Path | None:
 def _adaptation_curves(ax, done: pd.DataFrame) -> None:  # noqa: ANN001 - a matplotlib Axes
     """Meta-RL: the mean test return against adaptation steps, a ci95 band, a line per setting
     (the MAML paper's Figure 5)."""
-    for setting, rows in done.groupby("setting", sort=False):
+    settings = list(done.groupby("setting", sort=False))
+    for (setting, rows), style in zip(settings, series_styles(len(settings))):
         rows = rows.sort_values("steps")
         steps, value, ci = (rows[c].astype(float).to_numpy() for c in ("steps", "return", "return_ci95"))
-        ax.plot(steps, value, marker="o", label=setting[:60])
-        ax.fill_between(steps, value - ci, value + ci, alpha=0.2)
+        ax.plot(steps, value, marker="o", label=_short(setting, 60), **style)
+        ax.fill_between(steps, value - ci, value + ci, alpha=0.2, color=style["color"])
     ax.set_xlabel("adaptation steps (policy-gradient updates)")
     ax.set_ylabel("mean test return")
     ax.set_xticks(sorted(done["steps"].astype(int).unique()))

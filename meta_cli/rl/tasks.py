@@ -17,7 +17,7 @@ import gymnasium as gym
 from gymnasium.vector import SyncVectorEnv, VectorEnv
 
 from meta_cli.data.base import Split, episode_rng
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, shown
 from meta_cli.params import Ge
 from meta_cli.rl import envs
 
@@ -46,7 +46,7 @@ class RLTaskSource(abc.ABC):
     def __init__(self, horizon: int, trajectories: int, gamma: float, gae_lambda: float) -> None:
         for name, value in (("horizon", horizon), ("trajectories", trajectories)):
             if not isinstance(value, int) or value < 1:
-                raise UserError(f"dataset.{name} must be a positive integer; got {value!r}.")
+                raise UserError(f"dataset.{name} must be a positive integer; got {shown(value)}.")
         if not 0.0 <= gamma <= 1.0 or not 0.0 <= gae_lambda <= 1.0:
             raise UserError(f"dataset.gamma and dataset.gae_lambda must lie in [0, 1]; got "
                             f"{gamma} and {gae_lambda}.")

@@ -163,8 +163,9 @@ def latest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         except UserError as exc:
             skipped.append(str(exc))
             continue
-        for reason in skipped:
-            warn(f"{reason} Falling back to the previous checkpoint.")
+        for reason in skipped:  # the load error's own advice ("use another") is what happens here
+            reason = reason.removesuffix(" Use another checkpoint.").rstrip(".")
+            warn(f"{reason}; falling back to {p.name}, the newest checkpoint that passes its checks.")
         return found
     return None
 

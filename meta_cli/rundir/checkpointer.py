@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from meta_cli.atomic import write_atomic
-from meta_cli.errors import UserError
+from meta_cli.errors import UserError, shown
 from meta_cli.rundir import checkpoint
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def find(resume: str | None, run_dir: Path) -> tuple[Path, dict[str, Any]] | Non
     step checkpoint of the run dir; None for a fresh start."""
     if resume is not None:
         if not isinstance(resume, str):
-            raise UserError(f"resume must be a run dir or a checkpoint path; got {resume!r}.")
+            raise UserError(f"resume must be a run dir or a checkpoint path; got {shown(resume)}.")
         if run_of(resume) != run_dir.resolve():
             raise UserError(f"resume={resume} continues in its own run dir {run_of(resume)}, not "
                             f"{run_dir}; run it as: meta-cli train resume={resume}")

@@ -44,6 +44,21 @@ OmegaConf.register_new_resolver("meta_cli.rank0", lambda value, elsewhere=None: 
 FAILED: list[str] = []
 
 
+class _FailedTrialLine(logging.Filter):
+    """Hydra's Optuna sweeper logs "Failed experiment: Return value must be float-castable. Got
+    'None'." for each trial whose job failed, which `guarded` returns None for: the job has
+    already said why in its one line, and the end of the sweep counts it. Other failures of
+    the sweeper pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "must be float-castable. Got 'None'" not in record.getMessage()
+
+
+# On the sweeper's own logger (set here, on import: the sweeper runs in the CLI's process,
+# which imports this module with its app).
+logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").addFilter(_FailedTrialLine())
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from meta_cli.atomic import write_atomic
 from meta_cli.errors import UserError
-from meta_cli.rundir.outputs import cell
+from meta_cli.rundir.outputs import cell, is_metrics_header
 from meta_cli.params import Gt
 
 
@@ -29,8 +29,15 @@ class CsvLogger:
         self.path = run_dir / "metrics.csv"
         self.columns = columns
         lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+        if lines and not is_metrics_header(lines[0].rstrip("\r\n")):
+            # The pre-flight refuses such a run dir (meta_cli.rundir.files); this guards a job
+            # started without it: never cut or append to a file meta-cli did not write.
+            raise UserError(f"{self.path} is not a meta-cli metrics.csv (its header is "
+                            f"'{lines[0].strip()[:60]}'); it is left as it is: train into another run dir.")
+        if not keep_rows:  # a fresh start: no rows to keep, and the header is this run's own
+            lines = []
         data = lines[1:]
-        if len(data) != keep_rows:
+        if self.path.exists() and (not lines or len(data) != keep_rows):
             write_atomic(self.path, "".join(lines[:1] + data[:keep_rows]).encode())
             data = data[:keep_rows]
         self.rows = len(data)

@@ -7,15 +7,37 @@ import contextlib
 import csv
 import io
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from meta_cli.atomic import write_atomic
 
+#: metrics.csv's first and last columns, whatever the regime: its own go between
+#: (meta_cli.engine.regimes.base.Regime.columns).
+METRICS_LEADING, METRICS_TRAILING = ("iteration", "split"), ("tasks_per_s", "elapsed_s")
 #: test_settings: the test-time keys an eval gave (`algorithm.head=logistic ...`; empty: the
 #: checkpoint's own), which tell two evals of one checkpoint apart.
 ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint", "test_settings"]
+EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+#: returns.csv (meta-RL): accuracy.csv's identifying columns, then the adaptation steps and the return.
+RETURNS_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split", "episodes",
+                   "steps", "return", "ci95", "seed", "checkpoint", "test_settings"]
+#: task_returns.csv (meta-RL; episodes.csv's counterpart): one row per (task, steps).
+TASK_RETURNS_COLUMNS = ["split", "task", "steps", "return", "params"]
+#: predictions.csv of `meta-cli predict`.
+PREDICTION_COLUMNS = ["path", "predicted_class", "score"]
+#: summary.csv's leading columns (then one per override key, then the result's columns).
+JOB_COLUMNS = ["job", "status", "error", "overrides", "run_dir"]
+
+
+def is_metrics_header(line: str) -> bool:
+    """Whether `line` (without its newline) is the header of a meta-cli metrics.csv, of any regime."""
+    names = line.split(",")
+    return (len(names) > len(METRICS_LEADING) + len(METRICS_TRAILING)
+            and tuple(names[:len(METRICS_LEADING)]) == METRICS_LEADING
+            and tuple(names[-len(METRICS_TRAILING):]) == METRICS_TRAILING)
 
 
 def cell(value: Any) -> Any:
@@ -66,9 +88,6 @@ class MetricsLog:
             self._logger.sync()
 
 
-EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
-
-
 def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
     """A whole CSV file, written atomically; keys outside `columns` are ignored."""
     text = io.StringIO()
@@ -88,18 +107,30 @@ def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_csv(path, EPISODE_COLUMNS, rows)
 
 
+def display_width(text: str) -> int:
+    """The terminal columns `text` takes: East Asian wide and fullwidth characters (`クラス`)
+    two each, combining marks and format characters (a zero-width joiner) none, others one."""
+    width = 0
+    for char in text:
+        if unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
 def text_table(rows: Any, columns: list[str] | None = None) -> str:
     """Rows (dicts, or a DataFrame) as an aligned text table: a header line, then one line per
-    row, each column as wide as its widest cell; empty cells for missing values. The one
-    table formatter of the CLI (train/eval results, report, predict)."""
+    row, each column as wide as its widest cell on a terminal (`display_width`); empty cells
+    for missing values. The one table formatter of the CLI (train/eval results, report, predict)."""
     if hasattr(rows, "to_dict"):  # a pandas DataFrame
         columns = columns or [str(c) for c in rows.columns]
         rows = rows.astype(object).where(rows.notna(), "").to_dict("records")
     columns = columns or list(rows[0]) if rows else (columns or [])
     cells = [[str(cell(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     lines = [columns, *cells]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    widths = [max(display_width(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join("  ".join(text + " " * (w - display_width(text)) for text, w in zip(line, widths)).rstrip()
+                     for line in lines)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

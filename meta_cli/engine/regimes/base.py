@@ -29,14 +29,16 @@ from torch import nn
 
 from meta_cli.runtime.distributed import World
 from meta_cli.errors import UserError
+from meta_cli.rundir.outputs import METRICS_LEADING, METRICS_TRAILING
 
 if TYPE_CHECKING:
     from meta_cli.engine.build import TrainSpec
     from meta_cli.evaluation.episodes import EvalSettings
     from meta_cli.engine.settings import TrainSettings
 
-#: metrics.csv's first and last columns, whatever the regime: its own go between.
-LEADING, TRAILING = ("iteration", "split"), ("tasks_per_s", "elapsed_s")
+#: metrics.csv's first and last columns, whatever the regime: its own go between (kept with
+#: every run file's columns, where the pre-flight reads them without torch).
+LEADING, TRAILING = METRICS_LEADING, METRICS_TRAILING
 
 
 @dataclass
