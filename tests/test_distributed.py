@@ -309,7 +309,7 @@ def test_a_relaunch_warns_when_omp_threads_outnumber_the_cores(monkeypatch, caps
     the ranks' threads outnumber the cores."""
     import torch.distributed.run
 
-    from meta_cli.cli.main import launch
+    from meta_cli.cli import launch
     from meta_cli.cli.commandline import CommandLine
 
     launched = []

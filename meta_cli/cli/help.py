@@ -50,7 +50,7 @@ def app_help(command: str) -> str:
     with open_dict(config):
         del config["hydra"]
     listed = groups()
-    mine = "\n".join(f"{g}: {', '.join(o)}" for g, o in listed.items() if not g.startswith("hydra/"))
+    mine = "\n".join(f"{g}: {', '.join(o)}" for g, o in listed.items() if not g.startswith("hydra"))
     hydra = "\n".join(f"{g}: {', '.join(o)}" for g, o in listed.items() if g.startswith("hydra/"))
     return string.Template(template).safe_substitute(
         APP_CONFIG_GROUPS=mine, HYDRA_CONFIG_GROUPS=hydra, FLAGS_HELP="",
