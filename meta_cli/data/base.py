@@ -30,6 +30,10 @@ class Episode:
     #: Seeds what an algorithm draws at random for this episode (Reptile's minibatch order),
     #: so that a meta-batch split across processes draws what one process draws.
     seed: int | None = None
+    #: The split's class ids (ways,) int64 behind labels 0..ways-1 (label j is class
+    #: classes[j]), where the sampler numbers classes: a continual learner's head has a row
+    #: per class of the split. None where unknown.
+    classes: torch.Tensor | None = None
 
     @property
     def ways(self) -> int:
@@ -40,7 +44,8 @@ class Episode:
 
     def to(self, device: torch.device | str) -> "Episode":
         return Episode(*(t.to(device, non_blocking=True) for t in
-                         (self.support, self.support_labels, self.query, self.query_labels)), self.seed)
+                         (self.support, self.support_labels, self.query, self.query_labels)), self.seed,
+                       None if self.classes is None else self.classes.to(device))
 
     def generator(self) -> torch.Generator:
         """A torch generator on the episode's device, seeded by the episode (else by torch's RNG)."""

@@ -120,6 +120,7 @@ class ClassSampler:
             query=batch[:, shots:].reshape(ways * query, *batch.shape[2:]),
             query_labels=labels.repeat_interleave(query),
             seed=int(rng.integers(2**62)),  # drawn last: the images above are what they were
+            classes=torch.as_tensor(classes, dtype=torch.int64, device=batch.device),
         )
 
     def draw(self, examples: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
