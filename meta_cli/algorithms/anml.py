@@ -51,7 +51,8 @@ class ANML(ContinualMetaLearner):
     def stream_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, H, W) -> the images themselves (the prediction network adapts on them) and
         their gates (N, D) in (0, 1) from the neuromodulatory network."""
-        return images, torch.sigmoid(self.gate(self.neuromodulator(images).float()))
+        dtype = self.head.weight.dtype
+        return images, torch.sigmoid(self.gate(self.neuromodulator(images).to(dtype)))
 
     def _prediction(self) -> Params:
         return {PREFIX + n: p for n, p in self.backbone.named_parameters()}
@@ -71,5 +72,5 @@ class ANML(ContinualMetaLearner):
         `params` (its backbone's parameters under PREFIX, the head's as weight, bias)."""
         images, gates = features
         body = {n[len(PREFIX):]: p for n, p in params.items() if n.startswith(PREFIX)}
-        representation = functional_call(self.backbone, body, (images,)).float()
+        representation = functional_call(self.backbone, body, (images,)).to(params["weight"].dtype)
         return F.linear(representation * gates, params["weight"], params["bias"])

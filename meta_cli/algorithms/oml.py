@@ -39,8 +39,9 @@ class OML(ContinualMetaLearner):
         super().__init__(backbone, task, outputs, classes, fast_lr, first_order, trajectory_shots, remember)
 
     def stream_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, D) representations, float32."""
-        return self.backbone(images).float()
+        """(N, C, H, W) -> (N, D) representations in the head's precision (float32 under bf16
+        autocast: the online steps stay full precision)."""
+        return self.backbone(images).to(self.head.weight.dtype)
 
     def stream_start(self, classes: int) -> Params:
         """A zero head of `classes` rows: new classes start from nothing."""
