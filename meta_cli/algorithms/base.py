@@ -92,6 +92,12 @@ class Algorithm(nn.Module, abc.ABC):
         cls.check_task(task)
 
     @classmethod
+    def continual_blocker(cls, **config: Any) -> str | None:
+        """Why a model of this config cannot run the continual protocol (eval.protocol=continual:
+        it needs a backbone whose embeddings a new head learns a stream on); None when it can."""
+        return None
+
+    @classmethod
     def check_task(cls, task: Task) -> None:
         if task not in cls.tasks:
             raise UserError(

@@ -102,6 +102,12 @@ class MANN(Algorithm):
     that wide; episodes with fewer ways use the first outputs, more ways are refused.
     """
 
+    @classmethod
+    def continual_blocker(cls, **config: Any) -> str | None:
+        if config.get("inputs") == "pixels":
+            return "algorithm=mann with algorithm.inputs=pixels has no backbone to learn a stream on"
+        return None
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -18,9 +18,12 @@ from meta_cli.runtime.distributed import World
 from meta_cli.errors import UserError
 from meta_cli.evaluation.metrics import mean_ci95
 from meta_cli.rundir.outputs import format_table, write_accuracy, write_episodes
-from meta_cli.params import Ge
+from meta_cli.params import Ge, Gt
 from meta_cli.runlog import show
 from meta_cli.config.validation import check_node
+
+#: eval.* keys of the continual protocol only.
+CONTINUAL_KEYS = ("classes", "streams", "lr", "stream_shots", "heldout")
 
 Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
 Shots = Annotated[int, Ge(1)] | list[Annotated[int, Ge(1)]] | None
@@ -45,13 +48,27 @@ class EvalSettings:
     #: fast way to meta-test on many cores). null: the process's own threads (faster on one
     #: process with many cores, but then the numbers depend on the cores and processes).
     threads: Annotated[int, Ge(1)] | None = 1
+    #: episodes: few-shot episodes (accuracy.csv); continual: classes learned one image per SGD
+    #: step, class after class (meta_cli.evaluation.continual, continual.csv).
+    protocol: Literal["episodes", "continual"] = "episodes"
+    #: continual: the schedule, classes learned per stream (each at most the split's classes).
+    classes: list[Annotated[int, Ge(1)]] = field(default_factory=lambda: [10, 25, 50, 100])
+    #: continual: seeded streams per schedule length (+- ci95 over them).
+    streams: Annotated[int, Ge(1)] = 20
+    #: continual: the SGD rate of the stream; a list: each tried on meta-validation streams, the
+    #: best per schedule length used on the test streams.
+    lr: Annotated[float, Gt(0)] | list[Annotated[float, Gt(0)]] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1])
+    #: continual: training images per class (each shown once) and held-out images per class.
+    stream_shots: Annotated[int, Ge(1)] = 15
+    heldout: Annotated[int, Ge(1)] = 5
 
     def check_applies(self, task: str) -> None:
         """UserError for an eval.* key set away from its default that the meta-test of `task`
         would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
-        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != (
+            f.default_factory() if f.default is dataclasses.MISSING else f.default)}
         if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads"):
+            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", *CONTINUAL_KEYS):
                 if key in changed:
                     instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
                                else " (its trajectories per step are dataset.trajectories)" if key == "shots"
@@ -64,11 +81,21 @@ class EvalSettings:
                             f"set eval.episodes instead and leave eval.tasks unset.")
         if task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
+        if self.protocol == "continual":
+            if "episodes" in changed:  # (ways, shots, query: filled in from the data by `fill_from`)
+                raise UserError("eval.episodes counts episodes, not eval.protocol=continual's streams "
+                                "(eval.streams); leave eval.episodes unset.")
+        elif self.protocol == "episodes":
+            for key in CONTINUAL_KEYS:
+                if key in changed:
+                    raise UserError(f"eval.{key} applies to eval.protocol=continual only; set "
+                                    f"eval.protocol=continual or leave eval.{key} unset.")
 
     def __post_init__(self) -> None:
         # One form from here on: a list, or None for the dataset's.
         self.ways = _as_list(self.ways)
         self.shots = _as_list(self.shots)
+        self.lr = [float(v) for v in _as_list(self.lr)]
 
     def fill_from(self, source: TaskSource) -> None:
         """Take the data's ways, shots and query where eval.* leaves them unset: `meta-cli eval`

@@ -26,6 +26,13 @@ RETURNS_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query",
                    "steps", "return", "ci95", "seed", "checkpoint", "test_settings"]
 #: task_returns.csv (meta-RL; episodes.csv's counterpart): one row per (task, steps).
 TASK_RETURNS_COLUMNS = ["split", "task", "steps", "return", "params"]
+#: continual.csv (eval.protocol=continual): one row per (classes learned, split_kind: heldout =
+#: the classes' held-out images, stream = the stream's own training images) at the rate eval_lr;
+#: `split` val rows are the rate selection's (every rate), test rows the chosen rate's; `status`
+#: ok, or diverged (a non-finite loss in some stream: no accuracy). Regression (incremental
+#: sine): `loss` is the MSE over all functions, `accuracy` empty.
+CONTINUAL_COLUMNS = ["classes", "split_kind", "accuracy", "ci95", "streams", "eval_lr", "split", "status",
+                     "loss", "algorithm", "dataset", "backbone", "seed", "checkpoint"]
 #: predictions.csv of `meta-cli predict`.
 PREDICTION_COLUMNS = ["path", "predicted_class", "score"]
 #: summary.csv's leading columns (then one per override key, then the result's columns).
@@ -100,6 +107,10 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) ->
 
 def write_accuracy(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_csv(path, ACCURACY_COLUMNS, rows)
+
+
+def write_continual(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    write_csv(path, CONTINUAL_COLUMNS, rows)
 
 
 def write_episodes(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -11,7 +11,9 @@ from torch import nn
 from meta_cli.engine.regimes.base import Regime
 from meta_cli.engine.instantiate import arguments, instantiate
 from meta_cli.errors import UserError
-from meta_cli.evaluation.episodes import EpisodeValidation, EvalSettings, test_rows, write_results
+from meta_cli.evaluation import continual
+from meta_cli.evaluation.episodes import (EpisodeValidation, EvalSettings, intra_op_threads, test_rows,
+                                          write_results)
 
 if TYPE_CHECKING:
     from meta_cli.engine.build import TrainSpec
@@ -64,6 +66,10 @@ class Supervised(Regime):
     @classmethod
     def check_eval(cls, algorithm: dict[str, Any], source: Any, evaluation: EvalSettings,
                    outputs: int) -> None:
+        if evaluation.protocol == "continual":
+            evaluation.check_applies(source.task)
+            continual.check(algorithm, source, evaluation)
+            return
         evaluation.settings(source)  # the data can give every (ways, shots, query) asked
         check_ways(algorithm, outputs, {"eval.ways": evaluation.ways or []})
 
@@ -95,9 +101,17 @@ class Supervised(Regime):
         return self._validation(iteration)
 
     def meta_test_size(self, evaluation: EvalSettings) -> int:
+        if evaluation.protocol == "continual":
+            return evaluation.streams * len(evaluation.classes) * (2 if len(evaluation.lr) > 1 else 1)
         return evaluation.episodes * len(evaluation.settings(self.source))
 
     def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
+        if evaluation.protocol == "continual":
+            with intra_op_threads(evaluation.threads):
+                rows = continual.continual_rows(self.model, self.source, evaluation, identity)
+            if self.world.main:
+                continual.write_results(out, rows)
+            return continual.headline(rows)
         rows = test_rows(self.model, self.source, evaluation, identity, self.world)
         if self.world.main:
             write_results(out, rows)
