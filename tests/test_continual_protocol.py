@@ -1,0 +1,67 @@
+"""The continual protocol's streams: one vmapped computation over streams and rates equals the
+plain loop over them; a diverging rate is flagged, not raised; the schedule is cut from one
+full-length stream."""
+from __future__ import annotations
+
+import torch
+
+from meta_cli.algorithms.anml import ANML
+from meta_cli.algorithms.continual import FrozenEmbedding
+from meta_cli.evaluation.continual import Stream, cut, run_batched, run_looped
+from meta_cli.models.conv4 import Conv4
+from meta_cli.models.mlp import MLP
+
+CLASSES, SHOTS, HELDOUT = 4, 3, 2
+
+
+def streams(learner, make_input, n: int = 3) -> list[Stream]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        train = make_input(CLASSES * SHOTS, g)
+        held = make_input(CLASSES * HELDOUT, g)
+        with torch.no_grad():
+            out.append(Stream(learner.stream_features(train), torch.arange(CLASSES).repeat_interleave(SHOTS),
+                              learner.stream_features(held), torch.arange(CLASSES).repeat_interleave(HELDOUT)))
+    return out
+
+
+def vectors(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, 6, generator=g)
+
+
+def images(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, 1, 12, 12, generator=g)
+
+
+def test_batched_streams_equal_the_loop_frozen_embedding():
+    torch.manual_seed(0)
+    learner = FrozenEmbedding(MLP((6,), hidden=[8]))
+    data = streams(learner, vectors)
+    lrs = [0.01, 0.3, 1e300]
+    looped, batched = run_looped(learner, data, CLASSES, lrs), run_batched(learner, data, CLASSES, lrs)
+    for a, b in zip(looped, batched):
+        torch.testing.assert_close(a, b)
+    held, stream, diverged = batched
+    assert held.shape == (3, 3) and diverged.dtype == torch.bool
+    assert not diverged[:, :2].any() and diverged[:, 2].all()  # 1e300 (inf in float32): a non-finite loss, flagged
+    assert stream[:, :2].mean() > 1 / CLASSES  # the stream's own images are learned, a little
+
+
+def test_batched_streams_equal_the_loop_anml_conv():
+    """ANML adapts its prediction network (a conv net, batch norm per image) on each image."""
+    torch.manual_seed(0)
+    model = ANML(Conv4((1, 12, 12), hidden=4, layers=2), "classification", CLASSES, 10).eval()
+    data = streams(model, images, n=2)
+    lrs = [0.05, 0.5]
+    for a, b in zip(run_looped(model, data, CLASSES, lrs), run_batched(model, data, CLASSES, lrs)):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_shorter_schedule_is_the_start_of_the_longer_stream():
+    features = torch.arange(4 * SHOTS, dtype=torch.float32)[:, None]
+    labels = torch.arange(4).repeat_interleave(SHOTS)
+    held = torch.arange(4 * HELDOUT, dtype=torch.float32)[:, None]
+    short = cut((features, labels, held, torch.arange(4).repeat_interleave(HELDOUT)), 2, SHOTS, HELDOUT)
+    assert short.train_labels.tolist() == [0] * SHOTS + [1] * SHOTS
+    assert short.train[:, 0].tolist() == list(range(2 * SHOTS)) and len(short.heldout) == 2 * HELDOUT
