@@ -13,6 +13,13 @@ at once. Runs with a meta-cli job's process settings (malloc tuning, denormals f
 without the malloc tuning under --memory.
 
   .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory] [--compile]
+
+--continual instead times the continual protocol's streams (eval.protocol=continual): the
+streams (and rates) of one schedule length learned by a plain Python loop over streams and
+rates against one torch.func.vmap over them (meta_cli.evaluation.continual), on real Omniglot
+meta-test streams and an OML model (conv4 representation, linear head); streams/s, one run each.
+
+  .venv/bin/python scripts/bench.py --continual [--classes 10] [--streams 20] [--rates 1]
 """
 from __future__ import annotations
 
@@ -211,6 +218,35 @@ def bench(setting: str, device: torch.device, args) -> list[tuple[str, float]]:
     return results, batch
 
 
+def bench_continual(device: torch.device, classes: int, streams: int, rates: int) -> None:
+    """Streams/s of the continual protocol, looped against vmapped, on the same streams."""
+    from meta_cli.algorithms.oml import OML
+    from meta_cli.evaluation.continual import cut, draw, run_batched, run_looped
+
+    torch.manual_seed(0)
+    source = Omniglot(str(DATA)).to(device)
+    model = OML(Conv4(source.input_shape), "classification", 5, source.num_classes("train")).to(device).eval()
+    shots, heldout = 15, 5
+    data = [cut(draw(source, model, "test", s, 0, classes, shots, heldout), classes, shots, heldout)
+            for s in range(streams)]
+    lrs = [0.03 * 3 ** k for k in range(rates)]
+    print(f"| contender | streams x rates | steps per stream | seconds | streams/s | ratio to the loop |")
+    print("|---|---|---|---|---|---|")
+    times = {}
+    for name, run in (("loop", run_looped), ("vmap", run_batched)):
+        start = time.perf_counter()
+        out = run(model, data, classes, lrs)
+        sync(device)
+        times[name] = time.perf_counter() - start
+        n = streams * rates
+        print(f"| {name} | {streams} x {rates} | {classes * shots} | {times[name]:.2f} | {n / times[name]:.2f} | "
+              f"{times['loop'] / times[name]:.2f}x |")
+        if name == "loop":
+            reference = out
+    for a, b in zip(reference, out):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), "vmap and loop disagree"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +258,10 @@ def main() -> None:
                         help="also backend=vmap with algorithm.compile=true (MAML settings; compiling takes minutes)")
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of a meta-step above the resident baseline, per task")
+    parser.add_argument("--continual", action="store_true", help="time the continual protocol's streams instead")
+    parser.add_argument("--classes", type=int, default=10, help="--continual: classes per stream")
+    parser.add_argument("--streams", type=int, default=20, help="--continual: streams")
+    parser.add_argument("--rates", type=int, default=1, help="--continual: learning rates per stream")
     args = parser.parse_args()
     # The process settings of a meta-cli job (meta_cli/job.py), so the engine is timed as it
     # trains. They are process-wide: the reference, in the same process, gets them too. Not the
@@ -231,6 +271,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
+    if args.continual:
+        bench_continual(device, args.classes, args.streams, args.rates)
+        return
     print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps, "
           f"the contenders in turn; malloc tuning {'on' if tuned else 'off'}\n")
     # learn2learn's loop (and backend=l2l) holds one task's graph at a time, the vmap backend
