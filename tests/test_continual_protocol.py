@@ -65,3 +65,29 @@ def test_a_shorter_schedule_is_the_start_of_the_longer_stream():
     short = cut((features, labels, held, torch.arange(4).repeat_interleave(HELDOUT)), 2, SHOTS, HELDOUT)
     assert short.train_labels.tolist() == [0] * SHOTS + [1] * SHOTS
     assert short.train[:, 0].tolist() == list(range(2 * SHOTS)) and len(short.heldout) == 2 * HELDOUT
+
+
+def test_oracle_sees_every_image_once_per_shuffled_epoch():
+    from meta_cli.evaluation.continual import oracle
+
+    labels = torch.arange(3).repeat_interleave(2)
+    stream = Stream(torch.arange(6.0)[:, None], labels, torch.zeros(3, 1), torch.arange(3))
+    seq = oracle(stream, 3, seed=0, index=0, classes=3)
+    order = seq.train[:, 0].long()
+    assert [sorted(order[e * 6:(e + 1) * 6].tolist()) for e in range(3)] == [list(range(6))] * 3
+    assert torch.equal(seq.train_labels, labels[order]) and order[:6].tolist() != list(range(6))
+    assert torch.equal(oracle(stream, 3, 0, 0, 3).train, seq.train)  # seeded
+
+
+def test_scratch_is_a_fresh_seeded_network_not_the_model():
+    from meta_cli.algorithms.continual import Scratch
+
+    torch.manual_seed(0)
+    backbone = Conv4((1, 12, 12), hidden=4, layers=2)
+    a, b, c = Scratch(backbone, 1), Scratch(backbone, 1), Scratch(backbone, 2)
+    first = "body.base.0.conv.weight"
+    start = {k: v for k, v in a.stream_start(3).items()}
+    assert torch.equal(start[first], b.stream_start(3)[first])
+    assert not torch.equal(start[first], c.stream_start(3)[first])
+    assert not torch.equal(start[first], dict(backbone.named_parameters())["base.0.conv.weight"])
+    assert a.stream_logits(start, torch.rand(5, 1, 12, 12)).shape == (5, 3)

@@ -2,8 +2,9 @@
 
 A neuromodulatory network sees the same input as the prediction network and gates the
 prediction network's representation element-wise, sigmoid(NM(x)) * f(x), before its linear
-head. The prediction network sees each image alone (its batch norm, the image's own
-statistics), as in the one-image steps of the inner loop. The neuromodulatory network and the prediction network's initialisation (backbone and
+head. The prediction network learns one image at a time: its batch norms keep their affine
+part only (no statistics of a batch: `online_twin`), so an image's output never depends on the
+others of its batch. The neuromodulatory network and the prediction network's initialisation (backbone and
 head) are meta-learned; only the prediction network adapts in the inner loop, one image per SGD
 step, as OML's head does. Meta-training, `first_order` and the remember images: as OML's.
 """
@@ -15,11 +16,9 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from meta_cli.algorithms.base import Task
-from meta_cli.algorithms.continual import ContinualMetaLearner, Params, reset_rows
-from meta_cli.algorithms.vectorized import functional_twin
+from meta_cli.algorithms.continual import ContinualMetaLearner, Params, online, online_twin, reset_rows
 from meta_cli.errors import UserError
 from meta_cli.params import Ge, Gt
 
@@ -59,11 +58,11 @@ class ANML(ContinualMetaLearner):
                             f"vmapped over streams) and cannot with a backbone with {vmap_blocker}.")
 
     def _twin(self) -> nn.Module:
-        """The backbone as `functional_call` runs it: batch norm from primitive ops (exact
-        second-order gradients, also under vmap), no channels-last layout (vmap cannot query
-        it). Not a submodule: its weights are never used, nor saved."""
+        """The prediction network's body as `functional_call` runs it (`online_twin`: batch norm
+        reduced to its affine part, no channels-last layout). Not a submodule: its weights are
+        never used, nor saved."""
         if not hasattr(self, "_functional"):
-            object.__setattr__(self, "_functional", functional_twin(self.backbone))
+            object.__setattr__(self, "_functional", online_twin(self.backbone))
         return self._functional  # type: ignore[attr-defined]
 
     def stream_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +89,5 @@ class ANML(ContinualMetaLearner):
         `params` (its backbone's parameters under PREFIX, the head's as weight, bias)."""
         images, gates = features
         body = {n[len(PREFIX):]: p for n, p in params.items() if n.startswith(PREFIX)}
-        twin = self._twin()
-
-        def one(image: torch.Tensor) -> torch.Tensor:  # batch norm of one image: its own statistics
-            return functional_call(twin, body, (image[None],))[0]
-
-        # Each image alone, as in the inner loop's one-image steps: an image's output never
-        # depends on which others share its batch.
-        representation = vmap(one)(images).to(params["weight"].dtype)
+        representation = online(self._twin(), body, images).to(params["weight"].dtype)
         return F.linear(representation * gates, params["weight"], params["bias"])

@@ -14,13 +14,17 @@ with a backbone: a plain loop, or `torch.func.vmap` over independent streams) an
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.func import functional_call
+
 from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.vectorized import functional_twin
 from meta_cli.data.base import Episode
 
 Params = dict[str, torch.Tensor]
@@ -103,6 +107,74 @@ class FrozenEmbedding(nn.Module):
 
     def stream_logits(self, params: Params, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, params["weight"], params["bias"])
+
+
+class AffineNorm(nn.Module):
+    """A batch-norm layer's affine part alone, weight * x + bias per channel (same parameter
+    names): an online learner sees one image at a time, whose own statistics would erase what
+    tells images apart (a 1x1 or 2x2 map standardised over itself is nearly constant)."""
+
+    def __init__(self, source: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.weight, self.bias = source.weight, source.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def online_twin(backbone: nn.Module) -> nn.Module:
+    """The backbone as an online learner runs it under `functional_call`: a copy without the
+    channels-last layout (vmap cannot query it) whose batch norms are their affine part
+    (`AffineNorm`), so that an image's output never depends on the others of its batch. Its own
+    weights are never used."""
+    twin = functional_twin(backbone, primitive_norm=False)
+    for parent in list(twin.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, AffineNorm(child))
+    return twin
+
+
+def online(twin: nn.Module, body: Params, images: torch.Tensor) -> torch.Tensor:
+    """(N, ...) images -> (N, D) outputs of `online_twin` network `twin` with parameters `body`."""
+    return functional_call(twin, body, (images,))
+
+
+BODY = "body."
+
+
+class Scratch(nn.Module):
+    """The continual protocol's from-scratch baseline: a network of the backbone's architecture,
+    freshly initialised from `seed` (the model's weights are not used), all of it learning the
+    stream with a linear head from zeros; its batch norms are their affine part (`online_twin`),
+    as ANML's prediction network's."""
+
+    def __init__(self, backbone: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.body = copy.deepcopy(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.body.modules():
+                if module is not self.body and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.out_features = backbone.out_features
+        object.__setattr__(self, "_functional", online_twin(self.body))
+
+    def stream_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def stream_start(self, classes: int) -> Params:
+        body = {BODY + n: p.detach() for n, p in self.body.named_parameters()}
+        first = next(iter(body.values()))
+        return {**body, "weight": first.new_zeros(classes, self.out_features), "bias": first.new_zeros(classes)}
+
+    def stream_logits(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        body = {n[len(BODY):]: p for n, p in params.items() if n.startswith(BODY)}
+        representation = online(self._functional, body, features).to(params["weight"].dtype)  # type: ignore[arg-type]
+        return F.linear(representation, params["weight"], params["bias"])
 
 
 class ContinualMetaLearner(Algorithm):

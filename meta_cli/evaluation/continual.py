@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from hydra.utils import get_object
 from torch.func import grad_and_value, vmap
 
-from meta_cli.algorithms.continual import FrozenEmbedding, Features, Params, StreamLearner, take
+import numpy as np
+
+from meta_cli.algorithms.continual import FrozenEmbedding, Features, Params, Scratch, StreamLearner, take
 from meta_cli.data.base import Split, TaskSource
 from meta_cli.errors import UserError
 from meta_cli.evaluation.metrics import mean_ci95
@@ -71,12 +73,15 @@ def check(algorithm: dict[str, Any], source: TaskSource, evaluation: "EvalSettin
                             f"split; lower them to a sum of {per_class}.")
 
 
-def learner_of(model: torch.nn.Module) -> StreamLearner:
+def learner_of(model: torch.nn.Module, learner: str = "model", seed: int = 0) -> StreamLearner:
     """The model's own learner (OML, ANML), else a fresh linear head on its backbone's frozen
-    embeddings (the first Backbone module inside it: MAML's, ProtoNet's, pretrain's)."""
+    embeddings (the first Backbone module inside it: MAML's, ProtoNet's, pretrain's); for
+    eval.learner=scratch a fresh network of that backbone's architecture (seeded by `seed`)."""
+    backbone = next((m for m in model.modules() if isinstance(m, Backbone)), None)
+    if learner == "scratch" and backbone is not None:
+        return Scratch(backbone, seed).to(next(backbone.parameters()).device)
     if hasattr(model, "stream_logits"):
         return model  # type: ignore[return-value]
-    backbone = next((m for m in model.modules() if isinstance(m, Backbone)), None)
     if backbone is None:
         raise UserError(f"eval.protocol=continual needs a model with a backbone; {type(model).__name__} has "
                         f"none. Use eval.protocol=episodes.")
@@ -115,6 +120,20 @@ def cut(full: tuple[Features, torch.Tensor, Features, torch.Tensor], classes: in
     train, train_labels, held, held_labels = full
     return Stream(take(train, slice(0, classes * shots)), train_labels[:classes * shots],
                   take(held, slice(0, classes * heldout)), held_labels[:classes * heldout])
+
+
+#: The stream of the oracle's shuffled epochs: after episode_rng's split codes and the batches' 3.
+ORACLE_STREAM = 4
+
+
+def oracle(stream: Stream, epochs: int, seed: int, index: int, classes: int) -> Stream:
+    """The oracle's sequence: the stream's training images i.i.d., `epochs` shuffled epochs
+    (each a permutation drawn from (seed, stream index, classes)), the held-out images as they
+    are. Accuracy on the sequence is accuracy on the stream's images (each appears `epochs` times)."""
+    rng = np.random.default_rng([seed, ORACLE_STREAM, index, classes])
+    n = len(stream.train_labels)
+    order = torch.from_numpy(np.concatenate([rng.permutation(n) for _ in range(epochs)])).to(stream.train_labels.device)
+    return Stream(take(stream.train, order), stream.train_labels[order], stream.heldout, stream.heldout_labels)
 
 
 def _loss(learner: StreamLearner, params: Params, features: Features, labels: torch.Tensor) -> torch.Tensor:
@@ -179,7 +198,7 @@ def schedule_results(model: torch.nn.Module, source: TaskSource, split: Split, e
                      lrs: list[float], batched: bool = True) -> dict[int, tuple[torch.Tensor, ...]]:
     """For each schedule length C: (streams, rates) held-out and stream accuracies and
     divergence flags on `split`'s streams."""
-    learner = learner_of(model)
+    learner = learner_of(model, evaluation.learner, evaluation.seed)
     longest = max(evaluation.classes)
     full = [draw(source, learner, split, s, evaluation.seed, longest, evaluation.stream_shots, evaluation.heldout)
             for s in range(evaluation.streams)]
@@ -187,12 +206,14 @@ def schedule_results(model: torch.nn.Module, source: TaskSource, split: Split, e
     results = {}
     for classes in sorted(set(evaluation.classes)):
         streams = [cut(f, classes, evaluation.stream_shots, evaluation.heldout) for f in full]
+        if evaluation.learner == "oracle":
+            streams = [oracle(s, evaluation.oracle_epochs, evaluation.seed, i, classes) for i, s in enumerate(streams)]
         results[classes] = tuple(t.cpu() for t in run(learner, streams, classes, lrs))
     return results
 
 
 def _rows(classes: int, held: torch.Tensor, stream: torch.Tensor, diverged: torch.Tensor, lr: float,
-          split: str, identity: dict[str, Any]) -> list[dict[str, Any]]:
+          split: str, identity: dict[str, Any]) -> list[dict[str, Any]]:  # identity: with the learner
     """The heldout and stream rows of one rate: (streams,) accuracies and flags."""
     rows = []
     failed = bool(diverged.any())
@@ -209,7 +230,8 @@ def continual_rows(model: torch.nn.Module, source: TaskSource, evaluation: "Eval
     """continual.csv's rows: with several rates, every rate's val rows, then the test rows of
     the rate each schedule length chose on val; with one rate, its test rows."""
     model.eval()
-    identity = {k: identity.get(k) for k in ("algorithm", "dataset", "backbone", "seed", "checkpoint")}
+    identity = {**{k: identity.get(k) for k in ("algorithm", "dataset", "backbone", "seed", "checkpoint")},
+                "learner": evaluation.learner}
     lrs = list(evaluation.lr)
     rows: list[dict[str, Any]] = []
     chosen = {c: lrs[0] for c in evaluation.classes}
@@ -240,7 +262,7 @@ def _with_classes(evaluation: "EvalSettings", classes: list[int]) -> "EvalSettin
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     """continual.csv and the test rows on the terminal."""
     write_continual(out / "continual.csv", rows)
-    shown = [{"classes": r["classes"], "split_kind": r["split_kind"], "split": r["split"],
+    shown = [{"classes": r["classes"], "split_kind": r["split_kind"], "split": r["split"], "learner": r["learner"],
               "accuracy": "diverged" if r["status"] != "ok" else f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %",
               "streams": r["streams"], "eval_lr": r["eval_lr"]}
              for r in rows if r["split"] != "val"]

@@ -23,7 +23,7 @@ from meta_cli.runlog import show
 from meta_cli.config.validation import check_node
 
 #: eval.* keys of the continual protocol only.
-CONTINUAL_KEYS = ("classes", "streams", "lr", "stream_shots", "heldout")
+CONTINUAL_KEYS = ("classes", "streams", "lr", "stream_shots", "heldout", "learner", "oracle_epochs")
 
 Ways = Annotated[int, Ge(2)] | list[Annotated[int, Ge(2)]] | None
 Shots = Annotated[int, Ge(1)] | list[Annotated[int, Ge(1)]] | None
@@ -61,6 +61,12 @@ class EvalSettings:
     #: continual: training images per class (each shown once) and held-out images per class.
     stream_shots: Annotated[int, Ge(1)] = 15
     heldout: Annotated[int, Ge(1)] = 5
+    #: continual: who learns the stream. model: the model's adaptable part (its own, or a fresh
+    #: linear head on its frozen backbone); oracle: the same head on the same images, i.i.d.
+    #: (shuffled) for `oracle_epochs` epochs, the upper line; scratch: a freshly initialised
+    #: network of the backbone's architecture, all of it learning the stream.
+    learner: Literal["model", "oracle", "scratch"] = "model"
+    oracle_epochs: Annotated[int, Ge(1)] = 5
 
     def check_applies(self, task: str) -> None:
         """UserError for an eval.* key set away from its default that the meta-test of `task`

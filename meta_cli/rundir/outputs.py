@@ -30,9 +30,10 @@ TASK_RETURNS_COLUMNS = ["split", "task", "steps", "return", "params"]
 #: the classes' held-out images, stream = the stream's own training images) at the rate eval_lr;
 #: `split` val rows are the rate selection's (every rate), test rows the chosen rate's; `status`
 #: ok, or diverged (a non-finite loss in some stream: no accuracy). Regression (incremental
-#: sine): `loss` is the MSE over all functions, `accuracy` empty.
+#: sine): `loss` is the MSE over all functions, `accuracy` empty. learner: eval.learner (model,
+#: oracle, scratch).
 CONTINUAL_COLUMNS = ["classes", "split_kind", "accuracy", "ci95", "streams", "eval_lr", "split", "status",
-                     "loss", "algorithm", "dataset", "backbone", "seed", "checkpoint"]
+                     "learner", "loss", "algorithm", "dataset", "backbone", "seed", "checkpoint"]
 #: predictions.csv of `meta-cli predict`.
 PREDICTION_COLUMNS = ["path", "predicted_class", "score"]
 #: summary.csv's leading columns (then one per override key, then the result's columns).
