@@ -91,3 +91,22 @@ def test_scratch_is_a_fresh_seeded_network_not_the_model():
     assert not torch.equal(start[first], c.stream_start(3)[first])
     assert not torch.equal(start[first], dict(backbone.named_parameters())["base.0.conv.weight"])
     assert a.stream_logits(start, torch.rand(5, 1, 12, 12)).shape == (5, 3)
+
+
+def test_report_plots_accuracy_against_classes_with_the_shipped_anchors(tmp_path):
+    from meta_cli.report.continual import anchors, plot_continual
+    from meta_cli.report.report import _pyplot
+    from meta_cli.rundir.outputs import write_continual
+
+    table = anchors()
+    assert table[table["method"] == "ANML (re-runs)"].set_index("classes")["accuracy"].to_dict() == {
+        10: 0.90, 50: 0.88, 100: 0.85, 200: 0.80}
+    run = tmp_path / "run"
+    run.mkdir()
+    write_continual(run / "continual.csv", [
+        {"classes": c, "split_kind": k, "accuracy": a, "ci95": 0.02, "streams": 3, "eval_lr": 0.03,
+         "split": "test", "status": "ok", "learner": "model"}
+        for c, a in ((10, 0.6), (25, 0.4)) for k in ("heldout", "stream")])
+    png = plot_continual(tmp_path, [("run", run), ("empty", tmp_path / "none")], "t", _pyplot())
+    assert png is not None and png.stat().st_size > 10_000
+    assert plot_continual(tmp_path, [("empty", tmp_path / "none")], "t", _pyplot()) is None

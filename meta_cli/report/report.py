@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from meta_cli.errors import UserError
+from meta_cli.report.continual import plot_continual
 from meta_cli.report.plot_style import markers, save_png, series_styles, use_fonts, wrap_label
 from meta_cli.report.summary import UNREADABLE, Unreadable, job_dirs, read_job_file, summary, write_summary
 from meta_cli.rundir.outputs import text_table
@@ -245,7 +246,10 @@ def report(path: Path, out: Path | None = None) -> tuple[str, str | None]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         written = [p for p in (write_summary(path, out, frame), plot_curves(out, frame, path.name),
-                               plot_results(out, table, path.name)) if p]
+                               plot_results(out, table, path.name),
+                               plot_continual(out, [(str(r.job), Path(r.run_dir)) for r in
+                                                    frame.drop_duplicates("run_dir").itertuples()],
+                                              path.name, _pyplot())) if p]
     except OSError as exc:
         return text, (f"cannot write the report files (summary.csv, plots) into {out}: "
                       f"{exc.strerror or exc}; the table above is complete. Write them elsewhere "

@@ -154,7 +154,8 @@ def summary(path: Path) -> "pd.DataFrame":
                 continue
             if file is results:
                 found = frame.to_dict("records")
-        if base["status"] == "ok" and results is None:
+        # eval.protocol=continual: continual.csv is its result (plotted by report/continual.py).
+        if base["status"] == "ok" and results is None and not (run / "continual.csv").is_file():
             warn(f"job {base['job']} ({run}) is ok but has no accuracy.csv or returns.csv; it is counted "
                  f"as unreadable, the rest is reported.")
             base.update(status=UNREADABLE, error="no accuracy.csv or returns.csv")
