@@ -110,3 +110,21 @@ def test_report_plots_accuracy_against_classes_with_the_shipped_anchors(tmp_path
     png = plot_continual(tmp_path, [("run", run), ("empty", tmp_path / "none")], "t", _pyplot())
     assert png is not None and png.stat().st_size > 10_000
     assert plot_continual(tmp_path, [("empty", tmp_path / "none")], "t", _pyplot()) is None
+
+
+def test_incremental_regression_batched_equals_the_loop():
+    """Incremental sine: output k is function k; the MSE after the stream, vmapped = looped."""
+    torch.manual_seed(0)
+    learner = FrozenEmbedding(MLP((1,), hidden=[8]))
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(3):
+        x, xh = torch.rand(CLASSES * SHOTS, 1, generator=g), torch.rand(CLASSES * HELDOUT, 1, generator=g)
+        ids, idh = torch.arange(CLASSES).repeat_interleave(SHOTS), torch.arange(CLASSES).repeat_interleave(HELDOUT)
+        data.append(Stream(learner.stream_features(x), ids, learner.stream_features(xh), idh,
+                           torch.sin(x[:, 0] + ids), torch.sin(xh[:, 0] + idh)))
+    lrs = [0.01, 0.1]
+    looped, batched = run_looped(learner, data, CLASSES, lrs), run_batched(learner, data, CLASSES, lrs)
+    for a, b in zip(looped, batched):
+        torch.testing.assert_close(a, b)
+    assert (batched[0] > 0).all() and not batched[2].any()

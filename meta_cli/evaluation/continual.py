@@ -54,8 +54,10 @@ def check(algorithm: dict[str, Any], source: TaskSource, evaluation: "EvalSettin
     blocker = cls.continual_blocker(**{k: v for k, v in algorithm.items() if not k.startswith("_")})
     if blocker:
         raise UserError(f"eval.protocol=continual needs a model with a backbone: {blocker}; use eval.protocol=episodes.")
+    if source.task == "regression":
+        return  # incremental regression: functions are drawn fresh, as many as asked
     if source.task != "classification":
-        raise UserError(f"eval.protocol=continual learns classes; dataset {type(source).__name__} is "
+        raise UserError(f"eval.protocol=continual learns classes or functions; dataset {type(source).__name__} is "
                         f"{source.task}: use eval.protocol=episodes.")
     longest = max(evaluation.classes)
     splits = [evaluation.split] + (["val"] if len(evaluation.lr) > 1 else [])
@@ -98,14 +100,43 @@ class Stream:
     train_labels: torch.Tensor
     heldout: Features
     heldout_labels: torch.Tensor
+    #: Regression (incremental sine): the values (T,) and (H,) output `label` must give; None
+    #: for classification.
+    train_targets: torch.Tensor | None = None
+    heldout_targets: torch.Tensor | None = None
+
+
+#: Function k of regression stream s is episode s * FUNCTIONS_PER_STREAM + k of the split, so a
+#: longer schedule extends a shorter one.
+FUNCTIONS_PER_STREAM = 10**6
+
+
+def draw_functions(source: TaskSource, learner: StreamLearner, split: Split, index: int, seed: int,
+                   longest: int, shots: int, heldout: int) -> tuple[Features, ...]:
+    """Incremental regression (OML's incremental sine): stream `index` is `longest` functions
+    (episodes of `split`), `shots` points of each learned in function order then `heldout`
+    held-out points of each. Output k of the adaptable part is function k: features of the
+    training points, their function ids, values, and the same of the held-out points."""
+    episodes = [source.episode(split, index * FUNCTIONS_PER_STREAM + k, seed, 1, shots, heldout)
+                for k in range(longest)]
+    inputs = torch.cat([torch.cat([e.support for e in episodes]), torch.cat([e.query for e in episodes])])
+    with torch.no_grad():
+        features = learner.stream_features(inputs)
+    n = longest * shots
+    device = episodes[0].support.device
+    ids = lambda per: torch.arange(longest, device=device).repeat_interleave(per)  # noqa: E731
+    return (take(features, slice(0, n)), ids(shots), take(features, slice(n, None)), ids(heldout),
+            torch.cat([e.support_labels[:, 0] for e in episodes]), torch.cat([e.query_labels[:, 0] for e in episodes]))
 
 
 def draw(source: TaskSource, learner: StreamLearner, split: Split, index: int, seed: int, longest: int,
-         shots: int, heldout: int) -> tuple[Features, torch.Tensor, Features, torch.Tensor]:
-    """Stream `index` of `split` at its full length: features of the training images
+         shots: int, heldout: int) -> tuple[Features, ...]:
+    """Stream `index` of `split` at its full length (regression: `draw_functions`): features of the training images
     (longest * shots, class-major), their classes (0..longest-1), features of the held-out images
     and their classes. The fixed part runs once over all of them (batch norm's batch: the whole
     stream, as an episode's support and query)."""
+    if source.task == "regression":
+        return draw_functions(source, learner, split, index, seed, longest, shots, heldout)
     episode = source.episode(split, index, seed, longest, shots, heldout)
     with torch.no_grad():
         features = learner.stream_features(torch.cat([episode.support, episode.query]))
@@ -114,12 +145,12 @@ def draw(source: TaskSource, learner: StreamLearner, split: Split, index: int, s
             episode.query_labels)
 
 
-def cut(full: tuple[Features, torch.Tensor, Features, torch.Tensor], classes: int, shots: int,
-        heldout: int) -> Stream:
-    """The stream of the first `classes` classes of a full-length one."""
-    train, train_labels, held, held_labels = full
-    return Stream(take(train, slice(0, classes * shots)), train_labels[:classes * shots],
-                  take(held, slice(0, classes * heldout)), held_labels[:classes * heldout])
+def cut(full: tuple[Features, ...], classes: int, shots: int, heldout: int) -> Stream:
+    """The stream of the first `classes` classes (functions) of a full-length one."""
+    train, train_labels, held, held_labels, *targets = full
+    t, h = classes * shots, classes * heldout
+    return Stream(take(train, slice(0, t)), train_labels[:t], take(held, slice(0, h)), held_labels[:h],
+                  *([targets[0][:t], targets[1][:h]] if targets else []))
 
 
 #: The stream of the oracle's shuffled epochs: after episode_rng's split codes and the batches' 3.
@@ -133,30 +164,57 @@ def oracle(stream: Stream, epochs: int, seed: int, index: int, classes: int) -> 
     rng = np.random.default_rng([seed, ORACLE_STREAM, index, classes])
     n = len(stream.train_labels)
     order = torch.from_numpy(np.concatenate([rng.permutation(n) for _ in range(epochs)])).to(stream.train_labels.device)
-    return Stream(take(stream.train, order), stream.train_labels[order], stream.heldout, stream.heldout_labels)
+    return Stream(take(stream.train, order), stream.train_labels[order], stream.heldout, stream.heldout_labels,
+                  None if stream.train_targets is None else stream.train_targets[order], stream.heldout_targets)
 
 
-def _loss(learner: StreamLearner, params: Params, features: Features, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(learner.stream_logits(params, features), labels)
+def _outputs(learner: StreamLearner, params: Params, features: Features, labels: torch.Tensor,
+             targets: torch.Tensor | None) -> torch.Tensor:
+    """Classification: the (n, classes) logits. Regression: output labels[i] of each point, (n,)."""
+    out = learner.stream_logits(params, features)
+    if targets is None:
+        return out
+    # A one-hot product, not gather: vmap's gather over (stream, rate) with an index batched on
+    # the streams only mixed the rates up (torch 2.14).
+    picks = labels[..., None] == torch.arange(out.shape[-1], device=out.device)
+    return (out * picks.to(out.dtype)).sum(-1)
+
+
+def squared_error(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean squared error, from primitive ops: F.mse_loss under vmap over (stream, rate) with
+    targets batched on the streams only mismatched the rates' dimension (torch 2.14)."""
+    return (out - targets).pow(2).mean()
+
+
+def _loss(learner: StreamLearner, params: Params, features: Features, labels: torch.Tensor,
+          targets: torch.Tensor | None) -> torch.Tensor:
+    out = _outputs(learner, params, features, labels, targets)
+    return F.cross_entropy(out, labels) if targets is None else squared_error(out, targets)
 
 
 def learn_stream_once(learner: StreamLearner, start: Params, train: Features, train_labels: torch.Tensor,
-                      heldout: Features, heldout_labels: torch.Tensor, lr: torch.Tensor
+                      heldout: Features, heldout_labels: torch.Tensor, lr: torch.Tensor,
+                      train_targets: torch.Tensor | None = None, heldout_targets: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stream at one rate, a pure function (vmap maps it over streams and rates): one SGD step
-    per training image in order from `start`, then the held-out accuracy, the accuracy on the
-    training images (scalars), and whether any step's loss was not finite (bool scalar)."""
+    per training image (point) in order from `start`, then the score on the held-out images and on
+    the training images (scalars: accuracy; regression, with targets: the MSE), and whether any
+    step's loss was not finite (bool scalar)."""
     step = grad_and_value(partial(_loss, learner))
     params, diverged = start, torch.zeros((), dtype=torch.bool, device=train_labels.device)
     for i in range(train_labels.shape[-1]):
-        grads, loss = step(params, take(train, slice(i, i + 1)), train_labels[i:i + 1])
+        target = None if train_targets is None else train_targets[i:i + 1]
+        grads, loss = step(params, take(train, slice(i, i + 1)), train_labels[i:i + 1], target)
         params = {n: p - lr * grads[n] for n, p in params.items()}
         diverged = diverged | ~torch.isfinite(loss)
 
-    def accuracy(features: Features, labels: torch.Tensor) -> torch.Tensor:
-        return (learner.stream_logits(params, features).argmax(-1) == labels).float().mean()
+    def score(features: Features, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        out = _outputs(learner, params, features, labels, targets)
+        if targets is None:
+            return (out.argmax(-1) == labels).float().mean()
+        return squared_error(out, targets)
 
-    return accuracy(heldout, heldout_labels), accuracy(train, train_labels), diverged
+    return score(heldout, heldout_labels, heldout_targets), score(train, train_labels, train_targets), diverged
 
 
 def _start(learner: StreamLearner, classes: int) -> Params:
@@ -169,7 +227,8 @@ def run_looped(learner: StreamLearner, streams: list[Stream], classes: int, lrs:
     stream and rate by rate (the reference of `run_batched`)."""
     start = _start(learner, classes)
     out = [[learn_stream_once(learner, start, s.train, s.train_labels, s.heldout, s.heldout_labels,
-                              torch.tensor(lr, device=s.train_labels.device)) for lr in lrs] for s in streams]
+                              torch.tensor(lr, device=s.train_labels.device), s.train_targets, s.heldout_targets)
+            for lr in lrs] for s in streams]
     return tuple(torch.stack([torch.stack([cell[k] for cell in row]) for row in out]) for k in range(3))  # type: ignore[return-value]
 
 
@@ -186,11 +245,14 @@ def run_batched(learner: StreamLearner, streams: list[Stream], classes: int, lrs
     device = streams[0].train_labels.device
     rates = torch.tensor(lrs, device=device, dtype=next(iter(start.values())).dtype)
     one = partial(learn_stream_once, learner, start)
-    over_rates = vmap(one, in_dims=(None, None, None, None, 0))
-    over_streams = vmap(over_rates, in_dims=(0, 0, 0, 0, None))
+    regression = streams[0].train_targets is not None
+    targets = ((torch.stack([s.train_targets for s in streams]), torch.stack([s.heldout_targets for s in streams]))
+               if regression else ())
+    over_rates = vmap(one, in_dims=(None, None, None, None, 0) + (None, None) * regression)
+    over_streams = vmap(over_rates, in_dims=(0, 0, 0, 0, None) + (0, 0) * regression)
     return over_streams(_stack([s.train for s in streams]), torch.stack([s.train_labels for s in streams]),
                         _stack([s.heldout for s in streams]), torch.stack([s.heldout_labels for s in streams]),
-                        rates)
+                        rates, *targets)
 
 
 # -- the protocol ----------------------------------------------------------------------------
@@ -217,9 +279,10 @@ def _rows(classes: int, held: torch.Tensor, stream: torch.Tensor, diverged: torc
     """The heldout and stream rows of one rate: (streams,) accuracies and flags."""
     rows = []
     failed = bool(diverged.any())
+    metric = "loss" if identity.get("task") == "regression" else "accuracy"
     for kind, values in (("heldout", held), ("stream", stream)):
         mean, ci = (math.nan, math.nan) if failed else mean_ci95(values.tolist())
-        rows.append({**identity, "classes": classes, "split_kind": kind, "accuracy": mean, "ci95": ci,
+        rows.append({**identity, "classes": classes, "split_kind": kind, metric: mean, "ci95": ci,
                      "streams": len(values), "eval_lr": lr, "split": split,
                      "status": "diverged" if failed else "ok"})
     return rows
@@ -231,7 +294,7 @@ def continual_rows(model: torch.nn.Module, source: TaskSource, evaluation: "Eval
     the rate each schedule length chose on val; with one rate, its test rows."""
     model.eval()
     identity = {**{k: identity.get(k) for k in ("algorithm", "dataset", "backbone", "seed", "checkpoint")},
-                "learner": evaluation.learner}
+                "learner": evaluation.learner, "task": source.task}
     lrs = list(evaluation.lr)
     rows: list[dict[str, Any]] = []
     chosen = {c: lrs[0] for c in evaluation.classes}
@@ -240,7 +303,8 @@ def continual_rows(model: torch.nn.Module, source: TaskSource, evaluation: "Eval
             scores = []
             for j, lr in enumerate(lrs):
                 rows += _rows(classes, held[:, j], stream[:, j], diverged[:, j], lr, "val", identity)
-                scores.append(-math.inf if diverged[:, j].any() else held[:, j].mean().item())
+                score = held[:, j].mean().item() * (-1 if source.task == "regression" else 1)
+                scores.append(-math.inf if diverged[:, j].any() or not math.isfinite(score) else score)
             chosen[classes] = lrs[max(range(len(lrs)), key=lambda j: scores[j])]
     by_rate: dict[float, list[int]] = {}
     for classes in sorted(set(evaluation.classes)):
@@ -263,7 +327,9 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     """continual.csv and the test rows on the terminal."""
     write_continual(out / "continual.csv", rows)
     shown = [{"classes": r["classes"], "split_kind": r["split_kind"], "split": r["split"], "learner": r["learner"],
-              "accuracy": "diverged" if r["status"] != "ok" else f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %",
+              "result": "diverged" if r["status"] != "ok" else (
+                  f"MSE {r['loss']:.4f} +- {r['ci95']:.4f}" if r.get("task") == "regression"
+                  else f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %"),
               "streams": r["streams"], "eval_lr": r["eval_lr"]}
              for r in rows if r["split"] != "val"]
     show(text_table(shown))
@@ -272,4 +338,4 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
 def headline(rows: list[dict[str, Any]]) -> float:
     """The held-out accuracy of the longest schedule on the test streams (nan if it diverged)."""
     tests = [r for r in rows if r["split"] != "val" and r["split_kind"] == "heldout"]
-    return tests[-1]["accuracy"] if tests else math.nan
+    return tests[-1].get("accuracy", tests[-1].get("loss", math.nan)) if tests else math.nan
