@@ -23,7 +23,7 @@ from torch import nn
 
 from torch.func import functional_call
 
-from meta_cli.algorithms.base import Algorithm, Task
+from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.algorithms.vectorized import functional_twin
 from meta_cli.data.base import Episode
 
@@ -216,10 +216,14 @@ class ContinualMetaLearner(Algorithm):
         trajectory's classes and the remember images. Differentiable through the whole
         trajectory (second order unless `first_order`)."""
         params = self.meta_start(trajectory_labels.unique())
-        params = learn_stream(self, params, self.stream_features(trajectory), trajectory_labels,
-                              self.fast_lr, create_graph=not self.first_order)
-        logits = self.stream_logits(params, self.stream_features(targets))
-        return F.cross_entropy(logits, target_labels), (logits.argmax(1) == target_labels).float().mean()
+        features, target_features = self.stream_features(trajectory), self.stream_features(targets)
+        # Under train.precision=bf16 only the fixed part's forward is autocast: the online steps
+        # and their second-order terms stay float32 (as ANIL's head).
+        with full_precision(trajectory):
+            params = learn_stream(self, params, features, trajectory_labels, self.fast_lr,
+                                  create_graph=not self.first_order)
+            logits = self.stream_logits(params, target_features)
+            return F.cross_entropy(logits, target_labels), (logits.argmax(1) == target_labels).float().mean()
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways): the support set learned online from a zero head (support images in
