@@ -257,20 +257,21 @@ def run_batched(learner: StreamLearner, streams: list[Stream], classes: int, lrs
 
 # -- the protocol ----------------------------------------------------------------------------
 def schedule_results(model: torch.nn.Module, source: TaskSource, split: Split, evaluation: "EvalSettings",
-                     lrs: list[float], batched: bool = True) -> dict[int, tuple[torch.Tensor, ...]]:
-    """For each schedule length C: (streams, rates) held-out and stream accuracies and
-    divergence flags on `split`'s streams."""
+                     rates: dict[int, list[float]], batched: bool = True) -> dict[int, tuple[torch.Tensor, ...]]:
+    """For each schedule length C (a key of `rates`): (streams, rates[C]) held-out and stream
+    scores and divergence flags on `split`'s streams, every length cut from the same streams of
+    max(eval.classes) classes."""
     learner = learner_of(model, evaluation.learner, evaluation.seed)
     longest = max(evaluation.classes)
     full = [draw(source, learner, split, s, evaluation.seed, longest, evaluation.stream_shots, evaluation.heldout)
             for s in range(evaluation.streams)]
     run = run_batched if batched else run_looped
     results = {}
-    for classes in sorted(set(evaluation.classes)):
+    for classes in sorted(rates):
         streams = [cut(f, classes, evaluation.stream_shots, evaluation.heldout) for f in full]
         if evaluation.learner == "oracle":
             streams = [oracle(s, evaluation.oracle_epochs, evaluation.seed, i, classes) for i, s in enumerate(streams)]
-        results[classes] = tuple(t.cpu() for t in run(learner, streams, classes, lrs))
+        results[classes] = tuple(t.cpu() for t in run(learner, streams, classes, rates[classes]))
     return results
 
 
@@ -299,28 +300,21 @@ def continual_rows(model: torch.nn.Module, source: TaskSource, evaluation: "Eval
     rows: list[dict[str, Any]] = []
     chosen = {c: lrs[0] for c in evaluation.classes}
     if len(lrs) > 1:
-        for classes, (held, stream, diverged) in schedule_results(model, source, "val", evaluation, lrs).items():
+        every = {c: lrs for c in evaluation.classes}
+        for classes, (held, stream, diverged) in schedule_results(model, source, "val", evaluation, every).items():
             scores = []
             for j, lr in enumerate(lrs):
                 rows += _rows(classes, held[:, j], stream[:, j], diverged[:, j], lr, "val", identity)
                 score = held[:, j].mean().item() * (-1 if source.task == "regression" else 1)
                 scores.append(-math.inf if diverged[:, j].any() or not math.isfinite(score) else score)
             chosen[classes] = lrs[max(range(len(lrs)), key=lambda j: scores[j])]
-    by_rate: dict[float, list[int]] = {}
-    for classes in sorted(set(evaluation.classes)):
-        by_rate.setdefault(chosen[classes], []).append(classes)
     test_rows = []
-    for lr, lengths in by_rate.items():
-        results = schedule_results(model, source, evaluation.split, _with_classes(evaluation, lengths), [lr])
-        for classes, (held, stream, diverged) in results.items():
-            test_rows += _rows(classes, held[:, 0], stream[:, 0], diverged[:, 0], lr, evaluation.split, identity)
+    results = schedule_results(model, source, evaluation.split, evaluation,
+                               {c: [chosen[c]] for c in evaluation.classes})
+    for classes, (held, stream, diverged) in results.items():
+        test_rows += _rows(classes, held[:, 0], stream[:, 0], diverged[:, 0], chosen[classes], evaluation.split,
+                           identity)
     return rows + sorted(test_rows, key=lambda r: r["classes"])
-
-
-def _with_classes(evaluation: "EvalSettings", classes: list[int]) -> "EvalSettings":
-    import dataclasses
-
-    return dataclasses.replace(evaluation, classes=classes, lr=evaluation.lr)
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
