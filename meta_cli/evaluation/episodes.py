@@ -57,7 +57,7 @@ class EvalSettings:
     streams: Annotated[int, Ge(1)] = 20
     #: continual: the SGD rate of the stream; a list: each tried on meta-validation streams, the
     #: best per schedule length used on the test streams.
-    lr: Annotated[float, Gt(0)] | list[Annotated[float, Gt(0)]] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1])
+    lr: Annotated[float, Gt(0)] | list[Annotated[float, Gt(0)]] = field(default_factory=lambda: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1])
     #: continual: training images per class (each shown once) and held-out images per class.
     stream_shots: Annotated[int, Ge(1)] = 15
     heldout: Annotated[int, Ge(1)] = 5
