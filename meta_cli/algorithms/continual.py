@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.func import functional_call
 
 from meta_cli.algorithms.base import Algorithm, Task, full_precision
