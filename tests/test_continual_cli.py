@@ -120,3 +120,16 @@ def test_bad_inputs_are_one_line_before_any_run_dir(cli, tmp_path, args, words):
     for word in words:
         assert word in lines[0], lines[0]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_incremental_sine(cli, tmp_path):
+    """dataset=sinusoid: functions learned one after another online; the MSE over all of them."""
+    result = cli("train", "dataset=sinusoid", "train.iterations=2", "train.val_every=2", "train.val_episodes=2",
+                 "train.progress=false", "eval.protocol=continual", "eval.classes=[3]", "eval.streams=2",
+                 "eval.stream_shots=4", "eval.heldout=2", "eval.lr=[0.001,0.01]", "hydra.run.dir=sine")
+    assert result.returncode == 0, result.stderr
+    table = rows(tmp_path / "sine" / "continual.csv")
+    assert [(r["split"], r["split_kind"]) for r in table] == [("val", "heldout"), ("val", "stream")] * 2 + [
+        ("test", "heldout"), ("test", "stream")]
+    assert all(r["accuracy"] == "" and float(r["loss"]) > 0 and r["classes"] == "3" for r in table)
+    assert "MSE" in result.stdout
