@@ -133,8 +133,14 @@ class MetaLSTM(Algorithm):
         # the same whatever the backend.
         twin = None
         if backend == "batched":
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in self.modules()):
+                raise UserError("algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap, "
+                                "which cannot update batch norm's running statistics; set "
+                                "backbone.running_stats=false or algorithm.backend=loop.")
             try:
-                twin = vectorized.functional_twin(self.learner)
+                # nn.BatchNorm2d itself: exact here (no second derivatives through the learner,
+                # tests/test_model_based_batched.py) and faster than the primitive one under vmap.
+                twin = vectorized.functional_twin(self.learner, primitive_norm=False)
             except UserError as exc:  # dropout or running statistics: say which backend takes them
                 raise UserError(f"algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap: "
                                 f"{str(exc).split(';')[0]}; set algorithm.backend=loop for this backbone.") from exc
