@@ -152,10 +152,14 @@ class MANN(Algorithm):
         # The backbone's functional twin for the batched embedding; not a registered submodule,
         # so checkpoints are the same whatever the backend. None: vmap cannot take this backbone.
         twin = None
-        if backend == "batched" and inputs == "backbone":
+        running = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                      for m in backbone.modules())
+        if backend == "batched" and inputs == "backbone" and not running:
             try:
-                twin = vectorized.functional_twin(backbone)
-            except UserError:
+                # nn.BatchNorm2d itself: exact here (no second derivatives through the backbone)
+                # and faster under vmap than the primitive one MAML's second order needs.
+                twin = vectorized.functional_twin(backbone, primitive_norm=False)
+            except UserError:  # dropout: the embedding runs episode by episode
                 twin = None
         object.__setattr__(self, "_twin", twin)
 
