@@ -38,9 +38,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
-
-from meta_cli.algorithms import vectorized
 from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.errors import UserError
@@ -149,19 +146,6 @@ class MANN(Algorithm):
         #: batched: a meta-batch as one batch of B sequences (`meta_batch_loss`); loop: episode by
         #: episode (`meta_objective`). The same meta-gradient (tests/test_model_based_batched.py).
         self.backend = backend
-        # The backbone's functional twin for the batched embedding; not a registered submodule,
-        # so checkpoints are the same whatever the backend. None: vmap cannot take this backbone.
-        twin = None
-        running = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-                      for m in backbone.modules())
-        if backend == "batched" and inputs == "backbone" and not running:
-            try:
-                # nn.BatchNorm2d itself: exact here (no second derivatives through the backbone)
-                # and faster under vmap than the primitive one MAML's second order needs.
-                twin = vectorized.functional_twin(backbone, primitive_norm=False)
-            except UserError:  # dropout: the embedding runs episode by episode
-                twin = None
-        object.__setattr__(self, "_twin", twin)
 
     @classmethod
     def check_ways(cls, ways: int, key: str, outputs: int, max_ways: int | None = None, **config: Any) -> None:
@@ -211,16 +195,15 @@ class MANN(Algorithm):
 
     def embed_all(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
         """Step inputs of B same-shaped episodes: support (B, n_support, F), query (B, n_query, F).
-        The backbone runs once over all B episodes under vmap, so batch norm normalises each
-        episode with its own statistics, as `embed` does for one; a backbone that vmap cannot
-        take (dropout, running statistics) embeds episode by episode."""
-        if self.inputs == "pixels" or self._twin is None or len(episodes) == 1:
-            support, query = zip(*(self.embed(e) for e in episodes))
-            return torch.stack(support), torch.stack(query)
-        images = torch.stack([torch.cat([e.support, e.query]) for e in episodes])  # (B, S + Q, ...)
-        params = dict(self.backbone.named_parameters())
-        embedded = vmap(lambda x: functional_call(self._twin, params, (x,)))(images).to(self.dtype)
-        return embedded.split([len(episodes[0].support), len(episodes[0].query)], dim=1)
+        The backbone runs episode by episode, so that its batch norm sees one episode as in
+        `embed`: on a CPU, B passes measured faster than one pass with per-episode statistics
+        (under vmap or as block statistics, docs/benchmarks.md); the sequence is batched."""
+        if self.inputs == "pixels":
+            images = torch.stack([torch.cat([e.support, e.query]) for e in episodes])
+            embedded = images.flatten(2).to(self.dtype)
+            return embedded.split([len(episodes[0].support), len(episodes[0].query)], dim=1)
+        support, query = zip(*(self.embed(e) for e in episodes))
+        return torch.stack(support), torch.stack(query)
 
     def sequences(self, episodes: list[Episode], training: bool = False) -> torch.Tensor:
         """B same-shaped episodes as one batch of B sequences -> (B, n_query, ways) logits, or
