@@ -121,3 +121,40 @@ def test_mann_query_logits_are_the_sequential_references(training):
                 torch.testing.assert_close(rows, reference, rtol=0, atol=1e-10)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+class Identity(nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.out_features = features
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("delayed", [True, False])
+def test_mann_instance_logits_are_query_logits_of_each_prefix(delayed):
+    """eval.protocol=instances: step t's prediction is the model's query output for x_t with the
+    steps before it as the support, in their order (B sequences at once)."""
+    torch.manual_seed(0)
+    model = MANN(Identity(4), "classification", 3, controller=8, memory_slots=6, memory_width=3, read_heads=2,
+                 delayed_labels=delayed).double().eval()
+    images, labels = torch.randn(2, 7, 4, dtype=torch.float64), torch.tensor([[0, 1, 0, 2, 2, 1, 0], [2, 2, 1, 0, 1, 0, 2]])
+    with torch.no_grad():
+        logits = model.instance_logits(images, labels, 3)
+        assert logits.shape == (2, 7, 3)
+        for b in range(2):
+            for t in range(1, 7):
+                query = model.query_logits(Episode(images[b, :t], labels[b, :t], images[b, t:t + 1], labels[b, t:t + 1]))
+                torch.testing.assert_close(logits[b, t, :query.shape[1]], query[0], rtol=0, atol=1e-12)
+
+
+def test_instance_numbers_and_accuracy_by_hand():
+    from meta_cli.evaluation.instances import accuracies, presentation_numbers
+
+    labels = torch.tensor([[1, 0, 1, 1, 0, 0]])
+    assert presentation_numbers(labels, 2).tolist() == [[1, 1, 2, 3, 2, 3]]
+    predicted = torch.tensor([[0, 0, 1, 0, 0, 1]])  # right at steps 1, 2, 4
+    logits = torch.nn.functional.one_hot(predicted, 2).double()
+    # instance 1: steps 0 (wrong), 1 (right); 2: steps 2 (right), 4 (right); 3: steps 3, 5 (both wrong)
+    assert accuracies(logits, labels, [1, 2, 3]).tolist() == [[0.5, 1.0, 0.0]]

@@ -249,3 +249,42 @@ class MANN(Algorithm):
         output = self.sequences(episodes, training=True).flatten(0, 1)
         targets = torch.cat([e.query_labels for e in episodes])
         return self.loss(output, targets), self.accuracy(output, targets)
+
+    def instance_logits(self, images: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+        """Santoro et al.'s protocol (eval.protocol=instances): B labelled sequences, images
+        (B, T, ...) with labels (B, T) in 0..ways-1 -> (B, T, ways) logits, step t's predicted
+        from the steps before it alone: the query output of `query_logits` for x_t with
+        x_1..x_{t-1} as the support, in their order. One pass over the sequence: from the
+        state after step t-1, the step that stores x_t and the branch that predicts it run as
+        one batch of 2B. Delayed labels: stored (x_t, y_{t-1}); branch (0, y_{t-1}) then the
+        query (x_t, null). Not delayed: stored (x_t, y_t); branch the query (x_t, null).
+        The backbone embeds each sequence's T images in one pass."""
+        self.check_ways(ways, "eval.ways", self.max_ways)
+        batch, steps = labels.shape
+        if self.inputs == "backbone":
+            embedded = torch.stack([self.backbone(sequence) for sequence in images]).to(self.dtype)
+        else:
+            embedded = images.flatten(2).to(self.dtype)
+        with full_precision(embedded):
+            given = self.labels(labels.flatten()).view(batch, steps, -1)
+            controller, reads, memory = self.initial(batch, embedded.device)
+            null = torch.zeros(batch, self.label_size, device=embedded.device, dtype=self.dtype)
+            previous, outputs = null, []
+            twice = lambda x: torch.cat([x, x])  # noqa: E731
+            half = lambda x, i: x[i * batch:(i + 1) * batch]  # noqa: E731
+            for t in range(steps):
+                x = embedded[:, t]
+                state = (tuple(map(twice, controller)), twice(reads), Memory(*map(twice, memory)))
+                if self.delayed_labels:  # rows: stored, branch
+                    _, both_c, both_r, both_m = self.step(torch.cat([x, torch.zeros_like(x)]), twice(previous), *state)
+                    output, *_ = self.step(x, null, tuple(half(v, 1) for v in both_c), half(both_r, 1),
+                                           Memory(*(half(v, 1) for v in both_m)))
+                    kept = 0
+                else:  # rows: query, stored
+                    both_o, both_c, both_r, both_m = self.step(twice(x), torch.cat([null, given[:, t]]), *state)
+                    output, kept = half(both_o, 0), 1
+                controller = tuple(half(v, kept) for v in both_c)
+                reads, memory = half(both_r, kept), Memory(*(half(v, kept) for v in both_m))
+                previous = given[:, t]
+                outputs.append(output[:, :ways])
+        return torch.stack(outputs, dim=1)
