@@ -186,8 +186,10 @@ class MetaLSTM(Algorithm):
         i = gate(self.input, x, theta, gates[1])
         return f * theta - i * grad, (f, i), encoder
 
-    def adapt(self, support: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """theta_T (n,) after `steps` updates on the whole support set from theta_0."""
+    def adapt(self, support: torch.Tensor, labels: torch.Tensor,
+              trace: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """theta_T (n,) after `steps` updates on the whole support set from theta_0. `trace`, if
+        given, receives each step's gates (f_t, i_t), (n,) each (scripts/meta_lstm_gates.py)."""
         theta = self.initial_state()
         gates = (torch.zeros_like(theta), torch.zeros_like(theta))
         encoder = None
@@ -196,6 +198,8 @@ class MetaLSTM(Algorithm):
             # float32 under train.precision=bf16: theta would lose its small updates in bfloat16.
             with full_precision(theta):
                 theta, gates, encoder = self.update(theta, gates, encoder, loss, grad)
+            if trace is not None:
+                trace.append((gates[0].detach(), gates[1].detach()))
         return theta
 
     def learner_outputs(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
