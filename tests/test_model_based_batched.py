@@ -158,3 +158,20 @@ def test_instance_numbers_and_accuracy_by_hand():
     logits = torch.nn.functional.one_hot(predicted, 2).double()
     # instance 1: steps 0 (wrong), 1 (right); 2: steps 2 (right), 4 (right); 3: steps 3, 5 (both wrong)
     assert accuracies(logits, labels, [1, 2, 3]).tolist() == [[0.5, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("name", ["mann", "meta_lstm"])
+def test_batched_meta_batch_runs_under_bf16_autocast(name):
+    """train.precision=bf16: the batched path trains under autocast (Meta-LSTM's vmapped learners
+    then use the primitive batch norm, whose backward takes the mixed dtypes)."""
+    torch.manual_seed(0)
+    body = Conv4((1, 12, 12), hidden=4, layers=2, channels_last=False)
+    model = (MANN(body, "classification", 3, controller=8, memory_slots=6, memory_width=3) if name == "mann"
+             else MetaLSTM(body, "classification", 3, steps=2, hidden=0))
+    episodes = [Episode(e.support.float(), e.support_labels, e.query.float(), e.query_labels) for e in _episodes(3)]
+    reference, _ = model.meta_batch_loss(episodes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.meta_batch_loss(episodes)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -132,6 +132,7 @@ class MetaLSTM(Algorithm):
         # The learner's functional twin for vmap; not a registered submodule, so checkpoints are
         # the same whatever the backend.
         twin = None
+        object.__setattr__(self, "_bf16_twin", None)
         if backend == "batched":
             if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in self.modules()):
                 raise UserError("algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap, "
@@ -139,8 +140,11 @@ class MetaLSTM(Algorithm):
                                 "backbone.running_stats=false or algorithm.backend=loop.")
             try:
                 # nn.BatchNorm2d itself: exact here (no second derivatives through the learner,
-                # tests/test_model_based_batched.py) and faster than the primitive one under vmap.
+                # tests/test_model_based_batched.py) and faster than the primitive one under vmap;
+                # under bf16 autocast its vmapped backward fails on the mixed dtypes, which the
+                # primitive one takes.
                 twin = vectorized.functional_twin(self.learner, primitive_norm=False)
+                object.__setattr__(self, "_bf16_twin", vectorized.functional_twin(self.learner))
             except UserError as exc:  # dropout or running statistics: say which backend takes them
                 raise UserError(f"algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap: "
                                 f"{str(exc).split(';')[0]}; set algorithm.backend=loop for this backbone.") from exc
@@ -202,16 +206,23 @@ class MetaLSTM(Algorithm):
                 trace.append((gates[0].detach(), gates[1].detach()))
         return theta
 
+    def twin(self, inputs: torch.Tensor) -> nn.Module:
+        """The learner's functional twin for vmap: with the primitive batch norm under autocast."""
+        return self._bf16_twin if torch.is_autocast_enabled(inputs.device.type) else self._twin
+
     def learner_outputs(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """B learners on their own inputs: thetas (B, n), inputs (B, N, ...) -> (B, N, outputs);
         batch norm with each episode's batch statistics."""
-        return vmap(lambda theta, x: functional_call(self._twin, self.parameters_of(theta), (x,)))(thetas, inputs)
+        twin = self.twin(inputs)
+        return vmap(lambda theta, x: functional_call(twin, self.parameters_of(theta), (x,)))(thetas, inputs)
 
     def gradients(self, thetas: torch.Tensor, support: torch.Tensor,
                   labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L_t (B,) and grad L_t (B, n) of B learners at theta_{t-1}, as constants."""
+        twin = self.twin(support)
+
         def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.loss(functional_call(self._twin, self.parameters_of(theta), (x,)), y)
+            return self.loss(functional_call(twin, self.parameters_of(theta), (x,)), y)
 
         grads, losses = vmap(grad_and_value(loss))(thetas.detach(), support, labels)
         return losses.detach().to(thetas.dtype), grads.detach().to(thetas.dtype)
