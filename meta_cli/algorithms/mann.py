@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.errors import UserError
