@@ -48,16 +48,21 @@ class EvalSettings:
     #: fast way to meta-test on many cores). null: the process's own threads (faster on one
     #: process with many cores, but then the numbers depend on the cores and processes).
     threads: Annotated[int, Ge(1)] | None = 1
-    #: episodes: few-shot episodes (accuracy.csv); continual: classes learned one image per SGD
-    #: step, class after class (meta_cli.evaluation.continual, continual.csv).
-    protocol: Literal["episodes", "continual"] = "episodes"
+    #: episodes: few-shot episodes (accuracy.csv). instances: Santoro et al.'s sequences, accuracy
+    #: by the presentation number of a class (instances.csv; evaluation/instances.py). continual:
+    #: classes learned one image per SGD step, class after class (evaluation/continual.py,
+    #: continual.csv).
+    protocol: Literal["episodes", "instances", "continual"] = "episodes"
+    #: protocol=instances: the presentation numbers reported; each class is shown max(instances) times.
+    instances: list[Annotated[int, Ge(1)]] = (1, 2, 3, 5, 10)
     #: continual: the schedule, classes learned per stream (each at most the split's classes).
     classes: list[Annotated[int, Ge(1)]] = field(default_factory=lambda: [10, 25, 50, 100])
     #: continual: seeded streams per schedule length (+- ci95 over them).
     streams: Annotated[int, Ge(1)] = 20
     #: continual: the SGD rate of the stream; a list: each tried on meta-validation streams, the
     #: best per schedule length used on the test streams.
-    lr: Annotated[float, Gt(0)] | list[Annotated[float, Gt(0)]] = field(default_factory=lambda: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1])
+    lr: Annotated[float, Gt(0)] | list[Annotated[float, Gt(0)]] = field(
+        default_factory=lambda: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1])
     #: continual: training images per class (each shown once) and held-out images per class.
     stream_shots: Annotated[int, Ge(1)] = 15
     heldout: Annotated[int, Ge(1)] = 5
@@ -74,7 +79,7 @@ class EvalSettings:
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != (
             f.default_factory() if f.default is dataclasses.MISSING else f.default)}
         if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", *CONTINUAL_KEYS):
+            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", "instances", *CONTINUAL_KEYS):
                 if key in changed:
                     instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
                                else " (its trajectories per step are dataset.trajectories)" if key == "shots"
@@ -85,13 +90,16 @@ class EvalSettings:
         if "tasks" in changed:
             raise UserError(f"eval.tasks applies to meta-RL only; {task} meta-tests eval.episodes episodes: "
                             f"set eval.episodes instead and leave eval.tasks unset.")
+        if self.protocol != "instances" and "instances" in changed:
+            raise UserError("eval.instances applies to eval.protocol=instances; set that too, or leave "
+                            "eval.instances unset.")
         if task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
         if self.protocol == "continual":
             if "episodes" in changed:  # (ways, shots, query: filled in from the data by `fill_from`)
                 raise UserError("eval.episodes counts episodes, not eval.protocol=continual's streams "
                                 "(eval.streams); leave eval.episodes unset.")
-        elif self.protocol == "episodes":
+        else:
             for key in CONTINUAL_KEYS:
                 if key in changed:
                     raise UserError(f"eval.{key} applies to eval.protocol=continual only; set "
@@ -101,6 +109,7 @@ class EvalSettings:
         # One form from here on: a list, or None for the dataset's.
         self.ways = _as_list(self.ways)
         self.shots = _as_list(self.shots)
+        self.instances = tuple(sorted(set(_as_list(self.instances))))
         self.lr = [float(v) for v in _as_list(self.lr)]
 
     def fill_from(self, source: TaskSource) -> None:

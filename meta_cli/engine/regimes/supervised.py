@@ -11,7 +11,7 @@ from torch import nn
 from meta_cli.engine.regimes.base import Regime
 from meta_cli.engine.instantiate import arguments, instantiate
 from meta_cli.errors import UserError
-from meta_cli.evaluation import continual
+from meta_cli.evaluation import continual, instances
 from meta_cli.evaluation.episodes import (EpisodeValidation, EvalSettings, intra_op_threads, test_rows,
                                           write_results)
 
@@ -70,7 +70,11 @@ class Supervised(Regime):
             evaluation.check_applies(source.task)
             continual.check(algorithm, source, evaluation)
             return
-        evaluation.settings(source)  # the data can give every (ways, shots, query) asked
+        if evaluation.protocol == "instances":  # sequences of max(eval.instances) presentations per class
+            evaluation.check_applies(source.task)
+            instances.check(get_object(algorithm["_target_"]), source, evaluation)
+        else:
+            evaluation.settings(source)  # the data can give every (ways, shots, query) asked
         check_ways(algorithm, outputs, {"eval.ways": evaluation.ways or []})
 
     @classmethod
@@ -103,6 +107,8 @@ class Supervised(Regime):
     def meta_test_size(self, evaluation: EvalSettings) -> int:
         if evaluation.protocol == "continual":
             return evaluation.streams * len(evaluation.classes) * (2 if len(evaluation.lr) > 1 else 1)
+        if evaluation.protocol == "instances":
+            return evaluation.episodes * len(evaluation.ways or [self.source.ways])
         return evaluation.episodes * len(evaluation.settings(self.source))
 
     def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
@@ -112,6 +118,8 @@ class Supervised(Regime):
             if self.world.main:
                 continual.write_results(out, rows)
             return continual.headline(rows)
+        if evaluation.protocol == "instances":
+            return instances.meta_test(self.model, self.source, evaluation, identity, out, self.world)
         rows = test_rows(self.model, self.source, evaluation, identity, self.world)
         if self.world.main:
             write_results(out, rows)
