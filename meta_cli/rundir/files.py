@@ -20,6 +20,7 @@ from pathlib import Path
 from meta_cli.errors import UserError
 from meta_cli.rundir.outputs import (
     ACCURACY_COLUMNS,
+    CONTINUAL_COLUMNS,
     EPISODE_COLUMNS,
     INSTANCE_COLUMNS,
     JOB_COLUMNS,
@@ -30,7 +31,7 @@ from meta_cli.rundir.outputs import (
 )
 
 #: What `report` writes into the folder it reports on (a run dir or a sweep dir).
-REPORT_FILES = {"summary.csv", "learning_curves.png", "test_results.png"}
+REPORT_FILES = {"summary.csv", "learning_curves.png", "test_results.png", "continual.png"}
 
 #: Files a job of `train`, `eval` or `predict` writes at the top of its run dir.
 RUN_FILES = {
@@ -39,6 +40,7 @@ RUN_FILES = {
     "metrics.csv", "accuracy.csv", "episodes.csv",  # classification and regression
     "returns.csv", "task_returns.csv",  # meta-RL, in place of accuracy.csv and episodes.csv
     "instances.csv",  # eval.protocol=instances, in place of accuracy.csv and episodes.csv
+    "continual.csv",  # eval.protocol=continual, in place of accuracy.csv and episodes.csv
     "predictions.csv",
     *REPORT_FILES,
 }
@@ -64,6 +66,7 @@ CSV_HEADERS = {
     "returns.csv": (RETURNS_COLUMNS,),
     "task_returns.csv": (TASK_RETURNS_COLUMNS,),
     "instances.csv": (INSTANCE_COLUMNS,),
+    "continual.csv": (CONTINUAL_COLUMNS,),
     "predictions.csv": (PREDICTION_COLUMNS,),
 }
 SUMMARY_PREFIX = ",".join(JOB_COLUMNS)
