@@ -167,13 +167,20 @@ class ImageTensorSource(ClassBatches, TaskSource):
                             f"data at {self.folder} (e.g. {unknown[0]}): this checkpoint was "
                             f"trained on other files.")
         self._class_sizes = {s: {c: counts[c] for c in cs} for s, cs in self.splits.items()}
+        self._class_sizes["all"] = {c: n for sizes in self._class_sizes.values() for c, n in sizes.items()}
         self._images_per_class = {s: min(sizes.values(), default=0) for s, sizes in self._class_sizes.items()}
         self.device = torch.device("cpu")
         self._pixels: dict[str, torch.Tensor] = {}
         self._samplers: dict[str, ClassSampler] = {}
 
+    def classes_of(self, split: Split) -> list[str]:
+        """The class ids of `split` ("all": those of every split, in split order)."""
+        if split == "all":
+            return [c for s in SPLITS for c in self.splits.get(s, [])]
+        return list(self.splits.get(split, []))
+
     def num_classes(self, split: Split) -> int:
-        return len(self.splits.get(split, [])) * (self.variants if split == "train" else 1)
+        return len(self.classes_of(split)) * (self.variants if split == "train" else 1)
 
     def images_per_class(self, split: Split) -> int:
         return self._images_per_class.get(split, 0)
@@ -195,7 +202,7 @@ class ImageTensorSource(ClassBatches, TaskSource):
 
     def _sampler(self, split: Split) -> ClassSampler:
         if split not in self._samplers:
-            classes = self.splits[split]
+            classes = self.classes_of(split)
             parts = [p for p in self.caches if any(self.part_of[c] == p for c in classes)]
             tensors, groups, offset = [], {}, 0
             for part in parts:

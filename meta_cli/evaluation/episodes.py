@@ -32,7 +32,8 @@ class EvalSettings:
 
     episodes: Annotated[int, Ge(1)] = 600
     seed: Annotated[int, Ge(0)] = 0
-    split: Literal["train", "val", "test"] = "test"
+    #: all: every class of the dataset (a dataset the model never saw, meta-tested whole).
+    split: Literal["train", "val", "test", "all"] = "test"
     ways: Ways = None
     shots: Shots = None
     query: Annotated[int, Ge(1)] | None = None
@@ -233,7 +234,8 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
 def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """accuracy.csv, episodes.csv (every episode of every row), and the table on stdout."""
     write_episodes(run_dir / "episodes.csv", [
-        {"ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
+        {"dataset": r.get("dataset"), "eval_dataset": r.get("eval_dataset"),
+         "ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
          "episode": i, "loss": loss,
          "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
         for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])
