@@ -51,6 +51,17 @@ BAD_TRAIN_INPUTS = [
     (["-m", "resume=a,b"], ["resume= resumes one run"]),
     (["eval.tasks=3"], ["eval.tasks applies to meta-RL only", "eval.episodes"]),
     (["dataset=sinusoid", "eval.tasks=3"], ["eval.tasks applies to meta-RL only", "regression"]),
+    # a preset the user names must exist (the defaults entry is optional for pairings without one)
+    (["algorithm=protonet", "preset=protonet_omniglot_conv4pool"],
+     ["Unknown preset 'protonet_omniglot_conv4pool'", "protonet_omniglot_conv4_pool"]),
+    (["preset=nonexistent"], ["Unknown preset 'nonexistent'", "maml_omniglot_conv4"]),
+    # a preset's value that clashes with the user's setting is blamed on the preset
+    (["algorithm=protonet", "distributed.processes=2"],
+     ["train.meta_batch_size=1", "preset protonet_omniglot_conv4_pool", "preset=none"]),
+    # what Hydra's lexer cannot read: say how to write it
+    (["--iterations", "5"], ["unknown option --iterations", "train.iterations=VALUE"]),
+    (["hydra.run.dir=/tmp/\u00e4"], ["hydra.run.dir", "must be quoted", "'hydra.run.dir=\"/tmp/\u00e4\"'"]),
+    (["experiment=protonet_omniglot_5w1s"], ["+experiment=protonet_omniglot_5w1s"]),
 ]
 
 
@@ -114,6 +125,18 @@ def test_classification_eval_refuses_eval_tasks(cli, tmp_path):
                            tmp_path)
 
 
+BAD_EVAL_INPUTS = [
+    (["dataset.shots=5"], ["Unknown config key 'dataset'", "eval"]),
+    (["algorithm=protonet"], ["eval takes the checkpoint's algorithm", "algorithm.head=logistic"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", BAD_EVAL_INPUTS, ids=[" ".join(o) for o, _ in BAD_EVAL_INPUTS])
+def test_bad_eval_input(cli, tmp_path, overrides, words):
+    """eval's messages name what eval takes: never dataset.* keys, never Hydra's group advice."""
+    _assert_one_line_error(cli("eval", "checkpoint=no/such.pt", *overrides), words, tmp_path)
+
+
 def test_eval_requires_checkpoint(cli, tmp_path):
     _assert_one_line_error(cli("eval"), ["checkpoint= is required", "meta-cli eval checkpoint="], tmp_path)
     assert "???" not in cli("eval").stderr
@@ -144,6 +167,31 @@ def test_an_argument_error_loads_no_heavy_library(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert "algorithm.fast_lrr" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict"])
+def test_help_loads_no_heavy_library(tmp_path, command):
+    """--help reads the config groups from conf/ without Hydra's group scan or torch: it is as
+    quick as an argument error (docs/benchmarks.md, start-up)."""
+    code = ("import sys\nfrom meta_cli.cli.main import run\n"
+            f"assert run([{command!r}, '--help']) == 0\n"
+            "print(sorted(m for m in ('torch', 'learn2learn', 'pandas', 'matplotlib') if m in sys.modules), "
+            "file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+    assert f"meta-cli {command}" in result.stdout
+
+
+@pytest.mark.parametrize("line,offered", [("meta-cli train algo", "algorithm="),
+                                          ("meta-cli train algorithm=proto", "algorithm=protonet"),
+                                          ("meta-cli ev", "eval")])
+def test_tab_completion_answers_the_shell(cli, line, offered):
+    """The completion script Hydra installs (--hydra-help: -sc install=bash) calls
+    `meta-cli -sc query=bash` with COMP_LINE set: it must answer with the candidates."""
+    result = cli("-sc", "query=bash", env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert result.returncode == 0, result.stderr
+    assert offered in result.stdout.split(), result.stdout
 
 
 def test_full_error_env_shows_traceback(cli, tmp_path):
