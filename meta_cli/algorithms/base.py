@@ -145,9 +145,21 @@ class Algorithm(nn.Module, abc.ABC):
         labels (N,) among all the training split's classes."""
         raise NotImplementedError(f"{type(self).__name__} learns from episodes, not batches")
 
-    def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
-        """The outer optimizer: Adam on every meta-parameter (learn2learn's examples)."""
-        return torch.optim.Adam(self.parameters(), lr=meta_lr)
+    def meta_optimizer(self, meta_lr: float, body_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+        """The outer optimizer: Adam on every meta-parameter (learn2learn's examples); the
+        backbone's at meta_lr * body_lr_scale (train.body_lr_scale: a pre-trained body moves
+        less than a new head). Frozen parameters (backbone.freeze) are left out."""
+        body = getattr(self, "backbone", None)
+        body_ids = {id(p) for p in body.parameters()} if isinstance(body, nn.Module) else set()
+        trained = [p for p in self.parameters() if p.requires_grad]
+        if not trained:
+            raise UserError("nothing to train: every parameter is frozen (backbone.freeze=true) and "
+                            f"{type(self).__name__} has none of its own; use backbone.freeze=false or norm.")
+        if body_lr_scale == 1.0:  # one group, as checkpoints of earlier runs hold it
+            return torch.optim.Adam(trained, lr=meta_lr)
+        groups = [{"params": [p for p in trained if id(p) not in body_ids], "lr": meta_lr},
+                  {"params": [p for p in trained if id(p) in body_ids], "lr": meta_lr * body_lr_scale}]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=meta_lr)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":

@@ -224,6 +224,7 @@ PLUGINS = {
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("logger", "tensorboard"): ("tensorboard", "tensorboard"),
+    ("backbone", "timm"): ("timm", "timm"),
 }
 
 

@@ -115,6 +115,12 @@ class AdaptedSource:
         return Episode(bring(e.support, source, self.target), e.support_labels,
                        bring(e.query, source, self.target), e.query_labels, e.seed)
 
+    def describe(self) -> dict[str, Any]:
+        """The dataset's, with the model's input as the transform (what `predict` replays)."""
+        described = self.inner.describe()
+        described["transform"] = self.target.to_dict()
+        return described
+
     def to(self, device: torch.device) -> "AdaptedSource":
         self.inner = self.inner.to(device)
         return self

@@ -103,3 +103,15 @@ def describe(node: dict[str, Any]) -> str:
 def _name(node: dict[str, Any]) -> str:
     """The dataset group option of `node` (its _target_ when no option builds it)."""
     return option_of("dataset", node["_target_"]) or node["_target_"]
+
+
+def fit_source(source: Any, backbone: dict[str, Any]) -> Any:
+    """`source` with its images brought to the input `backbone` takes (a timm model's), when
+    that differs from the dataset's own; else `source` itself."""
+    from meta_cli.engine.instantiate import arguments
+
+    cls = get_object(backbone["_target_"])
+    target = cls.input_transform(**arguments(backbone)) if hasattr(cls, "input_transform") else None
+    if target is None or not hasattr(source, "transform") or target == source.transform:
+        return source
+    return AdaptedSource(source, target)
