@@ -55,6 +55,11 @@ class Algorithm(nn.Module, abc.ABC):
     #: True when the model's output layer fixes the number of ways (MAML's head): meta-testing
     #: and prediction must then use the training ways.
     fixed_ways: ClassVar[bool] = False
+    #: True when an episode's embeddings are `self.backbone`'s of each image, whatever the
+    #: episode (metric learners, pretrain's heads): meta-testing may embed each image of a
+    #: split once (eval.cache). False where the body adapts to the support set (MAML-style
+    #: learners, test-time fine-tuning: see `adapts_body`) or reads whole episodes (MANN).
+    embeds_once: ClassVar[bool] = False
     #: How it learns: the dotted path of its `meta_cli.engine.regimes` class, as a config names
     #: a `_target_` — Episodes (meta-batches of episodes, through `meta_objective` or
     #: `meta_batch_loss`) or Batches (mini-batches of (image, class) through `batch_loss`:
@@ -82,6 +87,12 @@ class Algorithm(nn.Module, abc.ABC):
         as in learn2learn's ProtoNet example."""
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         return embeddings.split([len(episode.support), len(episode.query)])
+
+    @classmethod
+    def adapts_body(cls, **config: Any) -> bool:
+        """Whether, with these config keys, an episode's embeddings are not fixed per image
+        (`embeds_once` false, or test-time fine-tuning: algorithm.finetune=true)."""
+        return not cls.embeds_once or bool(config.get("finetune", False))
 
     @classmethod
     def check(cls, task: Task, vmap_blocker: str | None = None, **config: Any) -> None:

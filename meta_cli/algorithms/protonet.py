@@ -13,6 +13,8 @@ class ProtoNet(Algorithm):
     """Logits = -squared Euclidean distance from each query embedding to each class mean
     of the support embeddings. No inner loop: any number of ways works at test time."""
 
+    embeds_once = True  # eval.cache: each image embedded once per split
+
     tasks = ("classification",)
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:

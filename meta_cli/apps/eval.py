@@ -14,6 +14,7 @@ from meta_cli.engine.build import Restored, config_key, restore
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.errors import UserError
 from meta_cli.runtime.distributed import check_backend
+from meta_cli.evaluation.cached import check_cache
 from meta_cli.evaluation.episodes import EvalSettings, describe_test_time
 from meta_cli.rundir.job import guarded, run_dir
 from meta_cli.config.validation import check_config, plain
@@ -66,6 +67,8 @@ def _check(config: dict[str, Any]) -> EvalSpec:
     check_backend(instantiate(config["distributed"]).backend, instantiate(config["device"]).type)
     restored.regime.check_eval(restored.config["algorithm"], restored.data, evaluation,
                                getattr(restored.model, "outputs", 1))
+    if evaluation.cache:
+        check_cache(restored.config["algorithm"], restored.config["backbone"], restored.data, evaluation.split)
     return EvalSpec(restored, evaluation, config, eval_dataset)
 
 

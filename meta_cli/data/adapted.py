@@ -115,6 +115,9 @@ class AdaptedSource:
         return Episode(bring(e.support, source, self.target), e.support_labels,
                        bring(e.query, source, self.target), e.query_labels, e.seed)
 
+    def inputs(self, split: Split, rows: Any) -> torch.Tensor:
+        return bring(self.inner.inputs(split, rows), self.inner.transform, self.target)
+
     def describe(self) -> dict[str, Any]:
         """The dataset's, with the model's input as the transform (what `predict` replays)."""
         described = self.inner.describe()

@@ -223,6 +223,27 @@ class ImageTensorSource(ClassBatches, TaskSource):
                 query: int) -> Episode:
         return self._sampler(split).sample(episode_rng(seed, split, index), ways, shots, query)
 
+    # Cached embeddings (eval.cache): an episode as rows of the split's stored images.
+    def cache_blocker(self, split: Split) -> str | None:
+        """Why episodes of `split` are not made of its stored images (None: they are)."""
+        if split == "train" and (self.rotations or self.flips or self.augment is not None):
+            return (f"the train split of {self.title} is turned, mirrored or augmented (dataset.rotations, "
+                    f"flips, augment)")
+        return None
+
+    def split_rows(self, split: Split) -> np.ndarray:
+        """The rows (of `episode_rows`) of every image of `split`."""
+        return self._sampler(split).rows()
+
+    def episode_rows(self, split: Split, index: int, seed: int, ways: int, shots: int,
+                     query: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """`episode(...)`'s images as rows: support, query and the episode's seed."""
+        return self._sampler(split).sample_rows(episode_rng(seed, split, index), ways, shots, query)
+
+    def inputs(self, split: Split, rows: np.ndarray) -> torch.Tensor:
+        """The model inputs of those rows of `split`'s images."""
+        return self._sampler(split).inputs(rows)
+
     def describe(self) -> dict[str, Any]:
         """Splits, the transform (what `meta-cli predict` replays) and how meta-training
         episodes are varied."""

@@ -16,6 +16,7 @@ from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import Split, TaskSource
 from meta_cli.runtime.distributed import World
 from meta_cli.errors import UserError
+from meta_cli.evaluation.cached import EmbeddingTable
 from meta_cli.evaluation.metrics import mean_ci95
 from meta_cli.rundir.outputs import format_table, write_accuracy, write_episodes
 from meta_cli.params import Ge
@@ -46,13 +47,17 @@ class EvalSettings:
     #: fast way to meta-test on many cores). null: the process's own threads (faster on one
     #: process with many cores, but then the numbers depend on the cores and processes).
     threads: Annotated[int, Ge(1)] | None = 1
+    #: Embed each image of the split once and run every episode on the cached embeddings:
+    #: the same numbers (up to float rounding), much faster; only for learners whose embedding
+    #: is fixed per image and backbones that do not normalise by batch (evaluation/cached.py).
+    cache: bool = False
 
     def check_applies(self, task: str) -> None:
         """UserError for an eval.* key set away from its default that the meta-test of `task`
         would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
         if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads"):
+            for key in ("episodes", "ways", "shots", "query", "threads", "cache"):
                 if key in changed:
                     instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
                                else " (its trajectories per step are dataset.trajectories)" if key == "shots"
@@ -65,6 +70,8 @@ class EvalSettings:
                             f"set eval.episodes instead and leave eval.tasks unset.")
         if task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
+        if task == "regression" and self.cache:
+            raise UserError("eval.cache applies to image classification; leave it false for regression.")
 
     def __post_init__(self) -> None:
         # One form from here on: a list, or None for the dataset's.
@@ -159,17 +166,20 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
-             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1) -> Result:
+             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1,
+             table: EmbeddingTable | None = None) -> Result:
     """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
 
     Each process evaluates its contiguous share of the episode numbers at `threads` intra-op
     threads and the per-episode results are gathered in episode order, so any number of
-    processes gives the result of one (at the same `threads`).
+    processes gives the result of one (at the same `threads`). `table`: the split's cached
+    embeddings (eval.cache), which the same episodes are made of.
     """
     losses, accuracies = [], []
-    with torch.no_grad(), intra_op_threads(threads):
+    with torch.no_grad(), intra_op_threads(threads), (table.body() if table else contextlib.nullcontext()):
         for index in world.share(episodes):
-            episode = source.episode(split, index, seed, ways, shots, query)
+            episode = (table.episode(index, seed, ways, shots, query) if table
+                       else source.episode(split, index, seed, ways, shots, query))
             episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
             losses.append(episode_loss.item())
             if episode_accuracy is not None:
@@ -218,9 +228,14 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
     its share of the episodes (`evaluate`)."""
     algorithm.eval()
     rows: list[dict[str, Any]] = []
-    for ways, shots, query in evaluation.settings(source):
+    settings = evaluation.settings(source)
+    table = None
+    if evaluation.cache:
+        with intra_op_threads(evaluation.threads):
+            table = EmbeddingTable(algorithm, source, evaluation.split)
+    for ways, shots, query in settings:
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
-                          evaluation.seed, ways, shots, query, world, evaluation.threads)
+                          evaluation.seed, ways, shots, query, world, evaluation.threads, table)
         rows.append({
             **identity,
             "ways": ways if source.task == "classification" else None,

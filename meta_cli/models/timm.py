@@ -177,5 +177,7 @@ class Timm(Backbone):
     def vmap_blocker(cls, **config: Any) -> str | None:
         return "backbone=timm (its batch norm keeps running statistics)"
 
-    batch_independent = True  # eval mode: running statistics (see the module docstring)
+    @classmethod
+    def batch_independent(cls, **config: Any) -> bool:
+        return True  # eval mode: running statistics (see the module docstring)
 

@@ -11,6 +11,7 @@ from torch import nn
 from meta_cli.engine.regimes.base import Regime
 from meta_cli.engine.instantiate import arguments, instantiate
 from meta_cli.errors import UserError
+from meta_cli.evaluation.cached import check_cache
 from meta_cli.evaluation.episodes import EpisodeValidation, EvalSettings, test_rows, write_results
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class Supervised(Regime):
         cls.check_training(spec)
         source.check("val", source.ways, source.shots, source.query, use="validation")
         cls.check_eval(config["algorithm"], source, spec.evaluation, outputs)
+        if spec.evaluation.cache:
+            check_cache(config["algorithm"], config["backbone"], source, spec.evaluation.split)
 
     @classmethod
     def check_training(cls, spec: "TrainSpec") -> None:
