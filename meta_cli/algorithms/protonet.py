@@ -1,30 +1,68 @@
-"""Prototypical Networks (Snell et al., 2017) with learn2learn's PrototypicalClassifier."""
+"""Prototypical Networks (Snell et al., 2017) with learn2learn's PrototypicalClassifier, and
+P>M>F's test-time fine-tuning (Hu et al., 2022): `finetune`."""
 from __future__ import annotations
 
+import copy
+from typing import Annotated
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from meta_cli._l2l import l2l
-from meta_cli.algorithms.base import Algorithm, Task, full_precision
+from meta_cli.algorithms.base import Algorithm, Task, full_precision, prototypes, squared_distances
 from meta_cli.data.base import Episode
+from meta_cli.params import Ge, Gt
 
 
 class ProtoNet(Algorithm):
     """Logits = -squared Euclidean distance from each query embedding to each class mean
-    of the support embeddings. No inner loop: any number of ways works at test time."""
+    of the support embeddings. No inner loop: any number of ways works at test time.
 
-    embeds_once = True  # eval.cache: each image embedded once per split
+    `finetune` (test time only: validation and meta-testing): on each episode a copy of the
+    backbone takes `finetune_steps` SGD steps (momentum 0.9, rate `finetune_lr`) on the
+    prototype loss of the support set (each support image against the prototypes of the
+    support set, cross-entropy), then embeds support and query; the meta-trained body is
+    untouched. P>M>F also augments the support images into pseudo-queries; here they are the
+    support images themselves.
+    """
+
+    embeds_once = True  # eval.cache: each image embedded once per split (not with finetune)
 
     tasks = ("classification",)
 
-    def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
+    def __init__(self, backbone: nn.Module, task: Task, outputs: int, finetune: bool = False,
+                 finetune_steps: Annotated[int, Ge(1)] = 10,
+                 finetune_lr: Annotated[float, Gt(0)] = 0.01) -> None:
         super().__init__(backbone, task, outputs)
         self.backbone = backbone
+        self.finetune, self.finetune_steps, self.finetune_lr = finetune, finetune_steps, finetune_lr
+
+    def finetuned(self, episode: Episode) -> nn.Module:
+        """A copy of the backbone after `finetune_steps` steps on the episode's support set."""
+        body = copy.deepcopy(self.backbone)
+        trained = [p for p in body.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(trained, lr=self.finetune_lr, momentum=0.9)
+        labels, ways = episode.support_labels, episode.ways
+        with torch.enable_grad():  # also under the evaluation's no_grad
+            for _ in range(self.finetune_steps):
+                optimizer.zero_grad(set_to_none=True)
+                support = body(episode.support).float()
+                logits = -squared_distances(support, prototypes(support, labels, ways))
+                F.cross_entropy(logits, labels).backward()
+                optimizer.step()
+        return body
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, ways) logits: -squared distance to the prototype of each support label,
         in the order of the sorted distinct labels."""
-        support, query = self.embed(episode)
+        if self.finetune and not training:
+            body = self.finetuned(episode)
+            with torch.no_grad():
+                support, query = body(torch.cat([episode.support, episode.query])).split(
+                    [len(episode.support), len(episode.query)])
+        else:
+            support, query = self.embed(episode)
         with full_precision(support):
             classifier = l2l.nn.PrototypicalClassifier(support=support, labels=episode.support_labels)
             return classifier(query)
