@@ -115,6 +115,11 @@ class AdaptedSource:
         return Episode(bring(e.support, source, self.target), e.support_labels,
                        bring(e.query, source, self.target), e.query_labels, e.seed)
 
+    def batch(self, split: Split, index: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset's mini-batch (algorithm=pretrain), its images brought to the model's input."""
+        images, labels = self.inner.batch(split, index, seed, size)
+        return bring(images, self.inner.transform, self.target), labels
+
     def inputs(self, split: Split, rows: Any) -> torch.Tensor:
         return bring(self.inner.inputs(split, rows), self.inner.transform, self.target)
 
