@@ -160,3 +160,31 @@ def test_channels_sizes_and_normalisation_are_brought_by_the_declared_rule():
     assert bring(rgb, model, model) is rgb
     with pytest.raises(UserError, match="only 1 <-> 3"):
         check_channels(3, 4)
+
+
+def test_an_adapted_source_brings_episodes_and_mini_batches_alike():
+    """A body's input (timm's RGB) from a gray dataset: pretrain's mini-batches go through the
+    same rule as episodes, and the checkpoint records the body's input."""
+    from meta_cli.data.adapted import AdaptedSource
+    from meta_cli.data.base import Episode
+
+    class Gray:
+        transform = ImageTransform(8, 1, invert=True)
+        title = "gray"
+
+        def episode(self, split, index, seed, ways, shots, query):
+            return Episode(torch.zeros(2, 1, 8, 8), torch.arange(2), torch.ones(2, 1, 8, 8), torch.arange(2))
+
+        def batch(self, split, index, seed, size):
+            return torch.zeros(size, 1, 8, 8), torch.zeros(size, dtype=torch.long)
+
+        def describe(self):
+            return {"splits": {}, "transform": self.transform.to_dict()}
+
+    body = ImageTransform(4, 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    source = AdaptedSource(Gray(), body)
+    images, labels = source.batch("train", 0, 0, 3)
+    episode = source.episode("test", 0, 0, 2, 1, 1)
+    assert images.shape == (3, 3, 4, 4) and torch.allclose(images, torch.ones_like(images))  # white paper
+    assert torch.allclose(episode.support, images[:2]) and torch.allclose(episode.query, -torch.ones(2, 3, 4, 4))
+    assert source.describe()["transform"] == body.to_dict() and source.input_shape == (3, 4, 4)
