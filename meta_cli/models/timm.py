@@ -120,7 +120,7 @@ def fit_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, cla
 class Timm(Backbone):
     """A timm model's features; see the module docstring."""
 
-    def __init__(self, input_shape: tuple[int, ...], name: str, weights: str | None = None,
+    def __init__(self, input_shape: tuple[int, ...], name: str = "resnet18", weights: str | None = None,
                  freeze: bool | Literal["norm"] = False, image_size: Annotated[int, Ge(8)] | None = None) -> None:
         super().__init__(input_shape)
         self.check(input_shape, name=name, weights=weights, freeze=freeze, image_size=image_size)
