@@ -92,18 +92,29 @@ def test_eval_on_a_folder_of_digits_names_both_datasets(trained):
     assert "image_folder:" in result.stdout  # the table names the eval dataset
 
 
-def test_the_cross_domain_path_on_the_training_dataset_is_plain_eval(trained):
+def _eval_spec(*overrides: str):
+    """eval's pre-flight in this process: the composed config checked (`check_eval`)."""
+    from meta_cli.apps.eval import check_eval
+    from meta_cli.cli.preflight import compose_jobs
+
+    (job,) = compose_jobs("eval", ["device=cpu", *overrides])
+    return check_eval(job.config)
+
+
+def test_the_cross_domain_path_on_the_training_dataset_is_plain_eval(trained, data_root, cache_dir, monkeypatch):
     """dataset=omniglot on an Omniglot checkpoint: the same transform (nothing to bring), the
     same classes and episodes, so the same numbers as eval without dataset=."""
-    run, root = trained["run"], trained["root"]
-    for name, extra in (("plain", []), ("again", ["dataset=omniglot"])):
-        result = run("eval", f"checkpoint={trained['protonet']}", *extra, "eval.episodes=6", "device=cpu",
-                     f"hydra.run.dir={name}")
-        assert result.returncode == 0, result.stderr[-3000:]
-    plain, again = _rows(root / "plain" / "accuracy.csv"), _rows(root / "again" / "accuracy.csv")
-    assert [r["accuracy"] for r in plain] == [r["accuracy"] for r in again]
-    assert [r["loss"] for r in plain] == [r["loss"] for r in again]
-    assert again[0]["eval_dataset"] == "omniglot"
+    from meta_cli.evaluation.episodes import test_rows
+
+    monkeypatch.setenv("META_CLI_DATA", str(data_root))
+    monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
+    results = []
+    for extra in ([], ["dataset=omniglot"]):
+        spec = _eval_spec(f"checkpoint={trained['protonet']}", "eval.episodes=6", *extra)
+        results.append(test_rows(spec.restored.model, spec.restored.data, spec.evaluation, {}))
+        assert spec.eval_dataset == "omniglot"
+    plain, again = (r[0]["_episodes"] for r in results)
+    assert plain.episode_accuracies == again.episode_accuracies and plain.episode_losses == again.episode_losses
 
 
 def test_report_of_an_eval_sweep_has_one_row_per_checkpoint_dataset_and_shots(trained):
@@ -123,15 +134,31 @@ def test_report_of_an_eval_sweep_has_one_row_per_checkpoint_dataset_and_shots(tr
 
 
 def test_refusals_are_one_line_and_write_nothing(trained, tmp_path):
+    """Through the CLI: one line, a non-zero exit, no run dir."""
     run, root = trained["run"], trained["root"]
     digits = ["dataset=image_folder", f"dataset.root={trained['digits']}", "device=cpu"]
-    short = write_digits(tmp_path / "short", short={"7": 3})
     cases = [
         # the test split of 10 classes cut 0.7/0.15/0.15 holds 2: fewer than the 5 ways
         ((f"checkpoint={trained['protonet']}", *digits), ["eval.ways=5", "2 classes", "eval.split=all"]),
+    ]
+    for args, words in cases:
+        line = _one_line(run("eval", *args, "hydra.run.dir=refused"))
+        assert all(w in line for w in words), (args, line)
+        assert not (root / "refused").exists()
+
+
+def test_what_the_checkpoint_decides_is_refused(trained, tmp_path, data_root, cache_dir, monkeypatch):
+    """The pre-flight's checks (in this process): a class short of images named, a fixed-ways
+    model held to its ways, the checkpoint's keys, a dataset without images."""
+    monkeypatch.setenv("META_CLI_DATA", str(data_root))
+    monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
+    digits = ["dataset=image_folder", f"dataset.root={trained['digits']}"]
+    short = write_digits(tmp_path / "short", short={"7": 3})
+    cases = [
         ((f"checkpoint={trained['protonet']}", "dataset=image_folder", f"dataset.root={short}", "eval.split=all",
-          "eval.shots=[1,5]", "eval.query=1", "device=cpu"), ["'7' (3)", "eval.shots"]),
+          "eval.shots=[1,5]", "eval.query=1"), ["'7' (3)", "eval.shots"]),
         ((f"checkpoint={trained['maml']}", *digits, "eval.split=all", "eval.ways=3"), ["eval.ways=3"]),
+        ((f"checkpoint={trained['maml']}", *digits, "eval.split=all", "eval.cache=true"), ["adapts its body"]),
         ((f"checkpoint={trained['protonet']}", *digits, "dataset.image_size=32"), ["1x28x28"]),
         ((f"checkpoint={trained['protonet']}", *digits, "dataset.mean=[0.5]"), ["dataset.std"]),
         ((f"checkpoint={trained['protonet']}", "dataset=sinusoid"), ["dataset=sinusoid"]),
@@ -139,9 +166,9 @@ def test_refusals_are_one_line_and_write_nothing(trained, tmp_path):
         ((f"checkpoint={trained['protonet']}", *digits, "backbone.hidden=4"), ["backbone"]),
     ]
     for args, words in cases:
-        line = _one_line(run("eval", *args, "hydra.run.dir=refused"))
-        assert all(w in line for w in words), (args, line)
-        assert not (root / "refused").exists()
+        with pytest.raises(UserError) as caught:
+            _eval_spec(*args)
+        assert all(w in str(caught.value) for w in words), (args, str(caught.value))
 
 
 def test_channels_sizes_and_normalisation_are_brought_by_the_declared_rule():

@@ -80,19 +80,27 @@ def test_a_timm_body_trains_and_is_evaluated_on_omniglot_and_digits(cli, tmp_pat
     assert row["backbone"] == "timm" and row["eval_dataset"].startswith("image_folder:")
 
 
-def test_refusals_are_one_line(cli, tmp_path):
+def test_refusals_are_one_line(cli, tmp_path, data_root, cache_dir, monkeypatch):
+    """A name timm does not know and weights of other shapes, in the pre-flight's check (in this
+    process); weights=hub without the internet through the CLI: one line, no run dir."""
+    from meta_cli.cli.preflight import compose_jobs
+    from meta_cli.engine.build import check_train
+
+    monkeypatch.setenv("META_CLI_DATA", str(data_root))
+    monkeypatch.setenv("META_CLI_CACHE", str(cache_dir))
     path, saved = _saved(tmp_path, ".pt")
     state = saved.state_dict()
     state["conv1.0.weight"] = torch.zeros(3, 3, 3, 3)
     torch.save(state, tmp_path / "wrong.pt")
-    base = ["algorithm=protonet", "backbone=timm", "backbone.image_size=32", "device=cpu", "hydra.run.dir=refused"]
-    cases = [
-        ([*base, "backbone.name=no_such_net"], {}, "not a timm model"),
-        ([*base, f"backbone.name={NAME}", f"backbone.weights={tmp_path / 'wrong.pt'}"], {}, "conv1.0.weight"),
-        ([*base, f"backbone.name={NAME}", "backbone.weights=hub"], {"HF_HUB_OFFLINE": "1"}, "offline"),
-    ]
-    for args, env, words in cases:
-        result = cli("train", *args, env=env)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode != 0 and len(lines) == 1 and words in lines[0], result.stderr
-        assert not (tmp_path / "refused").exists()
+    base = ["algorithm=protonet", "backbone=timm", "backbone.image_size=32", "device=cpu"]
+    for args, words in (([*base, "backbone.name=no_such_net"], "not a timm model"),
+                        ([*base, f"backbone.name={NAME}", f"backbone.weights={tmp_path / 'wrong.pt'}"],
+                         "conv1.0.weight (3, 3, 3, 3)")):
+        with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            (job,) = compose_jobs("train", args)
+            check_train(job.config)
+    result = cli("train", *base, f"backbone.name={NAME}", "backbone.weights=hub", "hydra.run.dir=refused",
+                 env={"HF_HUB_OFFLINE": "1"})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and "offline" in lines[0], result.stderr
+    assert not (tmp_path / "refused").exists()
