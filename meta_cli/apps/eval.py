@@ -1,4 +1,5 @@
-"""`meta-cli eval checkpoint=PATH`: rebuild model and data from a checkpoint and meta-test it."""
+"""`meta-cli eval checkpoint=PATH`: rebuild model and data from a checkpoint and meta-test it;
+with `dataset=NAME`, meta-test it on another dataset (`meta_cli.engine.cross_domain`)."""
 from __future__ import annotations
 
 import logging
