@@ -14,6 +14,12 @@ without the malloc tuning under --memory.
 
   .venv/bin/python scripts/bench.py [--device cpu|cuda] [--settings 5w1s,20w1s,proto60,mini] [--memory] [--compile]
 
+--model-based instead times the model-based family, algorithm.backend=batched against loop (the
+episodes one by one), each built as `meta-cli train algorithm=A dataset=D` builds it (the preset
+A_D_backbone applies, with its meta-batch size), on Omniglot 5-way 1-shot and sinusoid:
+
+  .venv/bin/python scripts/bench.py --model-based [--settings mann-omniglot,meta_lstm-sinusoid,...]
+
 --eval-cache times meta-testing instead: 600 episodes (--eval-episodes) of 5w1s and 20w5s with
 ProtoNet, uncached against eval.cache=true (`bench_eval_cache`).
 """
@@ -116,6 +122,17 @@ def protonet_reference_step(model: nn.Module, optimizer, episode: Episode, ways:
     logits = -((query.unsqueeze(1) - support.unsqueeze(0)) ** 2).sum(dim=2)
     nn.functional.cross_entropy(logits, episode.query_labels).backward()
     optimizer.step()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:
@@ -251,6 +268,45 @@ def bench_eval_cache(device: torch.device, episodes: int, body: str) -> None:
         sys.stdout.flush()
 
 
+MODEL_BASED = {  # name: `meta-cli train` overrides; the preset for the pair applies as in the CLI
+    "mann-omniglot": ["algorithm=mann", "dataset=omniglot"],
+    "mann-sinusoid": ["algorithm=mann", "dataset=sinusoid"],
+    "meta_lstm-omniglot": ["algorithm=meta_lstm", "dataset=omniglot"],
+    "meta_lstm-sinusoid": ["algorithm=meta_lstm", "dataset=sinusoid"],
+}
+
+
+def cli_regime(overrides: list[str], device: torch.device):
+    """The Episodes regime of `meta-cli train <overrides>` (preset included), built as a job
+    builds it: the config composed by Hydra, checked, the model seeded and built."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from meta_cli.engine.build import build, check_train
+    from meta_cli.runtime.distributed import World
+
+    with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
+        config = compose(config_name="train", overrides=[*overrides, f"device={device.type}"])
+    config = OmegaConf.to_container(config, resolve=True)
+    if "root" in config["dataset"]:
+        config["dataset"].update(root=str(DATA), download=False)
+    run = build(check_train(config), World())
+    return run.regime, run.spec.train.meta_batch_size
+
+
+def bench_model_based(name: str, device: torch.device, args) -> None:
+    """One row per backend: tasks/s of the engine's training step, and batched / loop."""
+    regimes = {backend: cli_regime([*MODEL_BASED[name], f"algorithm.backend={backend}"], device)
+               for backend in ("loop", "batched")}
+    batch = regimes["loop"][1]
+    seconds = timed([lambda i, r=regime: r.step(i + 1) for regime, _ in regimes.values()],
+                    args.steps, args.warmup, args.repeats, device)
+    loop = seconds[0]
+    for (backend, _), own in zip(regimes.items(), seconds):
+        print(f"| {name} | {batch} | {backend} | {batch / own:,.1f} | {loop / own:.2f}x |")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -260,6 +316,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true",
                         help="also backend=vmap with algorithm.compile=true (MAML settings; compiling takes minutes)")
+    parser.add_argument("--model-based", action="store_true",
+                        help="time MANN and Meta-LSTM, algorithm.backend=batched against loop (settings: "
+                             + ",".join(MODEL_BASED) + ")")
     parser.add_argument("--memory", action="store_true",
                         help="also the peak memory of a meta-step above the resident baseline, per task")
     parser.add_argument("--eval-cache", action="store_true",
@@ -273,13 +332,20 @@ def main() -> None:
     tuned = allocator.tune_process(malloc=not args.memory)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
     if args.eval_cache:
         bench_eval_cache(device, args.eval_episodes, args.eval_body)
         return
     print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps, "
           f"the contenders in turn; malloc tuning {'on' if tuned else 'off'}\n")
+    if args.model_based:
+        print("| setting (preset) | meta-batch | algorithm.backend | tasks/s | ratio to loop |")
+        print("|---|---|---|---|---|")
+        names = args.settings.split(",") if args.settings != ",".join(SETTINGS) else list(MODEL_BASED)
+        for name in names:
+            bench_model_based(name, device, args)
+        return
     # learn2learn's loop (and backend=l2l) holds one task's graph at a time, the vmap backend
     # the whole meta-batch's: memory per task is the peak over the tasks held at once.
     memory = " peak MiB per meta-step | tasks held at once | peak MiB per task held | ratio |" if args.memory else ""

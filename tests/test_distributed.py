@@ -103,6 +103,8 @@ if rank == 0:
 def tiny_run(name: str):
     """A float64 model and a source of random 3-way 1-shot 12x12 episodes (numbered, seeded)."""
     from meta_cli.algorithms.maml import MAML
+    from meta_cli.algorithms.mann import MANN
+    from meta_cli.algorithms.meta_lstm import MetaLSTM
     from meta_cli.algorithms.protonet import ProtoNet
     from meta_cli.algorithms.reptile import Reptile
     from meta_cli.data.base import Episode, TaskSource, episode_rng
@@ -126,11 +128,13 @@ def tiny_run(name: str):
         "maml-vmap": lambda: MAML(body, "classification", 3, fast_lr=0.1, backend="vmap"),
         "protonet": lambda: ProtoNet(body, "classification", 3),
         "reptile": lambda: Reptile(body, "classification", 3, inner_batch=2, inner_steps=3),
+        "mann": lambda: MANN(body, "classification", 3, controller=8, memory_slots=6, memory_width=3, read_heads=2),
+        "meta_lstm": lambda: MetaLSTM(body, "classification", 3, steps=2, hidden=3),
     }[name]()
     return algorithm.double(), Random()
 
 
-@pytest.mark.parametrize("name", ["maml-l2l", "maml-vmap", "protonet", "reptile"])
+@pytest.mark.parametrize("name", ["maml-l2l", "maml-vmap", "protonet", "reptile", "mann", "meta_lstm"])
 def test_two_process_meta_gradient_equals_one_process_in_float64(tmp_path, name):
     script = tmp_path / "gradient.py"
     script.write_text(GRADIENT.format(tests=str(Path(__file__).parent)))

@@ -121,3 +121,16 @@ def test_bad_input_is_one_line(case, trained, cli):
     assert result.returncode == 1, result.stderr[-3000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_meta_lstm_gates_script_plots_a_checkpoint(trained, tmp_path, data_root, cache_dir):
+    """scripts/meta_lstm_gates.py: the forget and input gates of each learner layer over the
+    inner steps (Ravi & Larochelle's Figure 3), as a PNG."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "meta_lstm_gates.py"
+    out = tmp_path / "gates.png"
+    env = {**os.environ, "META_CLI_DATA": str(data_root), "META_CLI_CACHE": str(cache_dir)}
+    result = subprocess.run([sys.executable, str(script), str(trained["meta_lstm"] / "checkpoints" / "best.pt"),
+                             "--episodes", "2", "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 episodes x" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -65,8 +65,9 @@ class Algorithm(nn.Module, abc.ABC):
     #: `meta_batch_loss`) or Batches (mini-batches of (image, class) through `batch_loss`:
     #: pre-training).
     regime: ClassVar[str] = "meta_cli.engine.regimes.episodes.Episodes"
-    #: How a meta-batch of episodes is run: "l2l", task by task (`meta_objective`), or "vmap",
-    #: all at once (`meta_batch_loss`). MAML sets it from its config.
+    #: How a meta-batch of episodes is run: "l2l" or "loop", task by task (`meta_objective`), or
+    #: "vmap" or "batched", all at once (`meta_batch_loss`). MAML, MANN and Meta-LSTM set it
+    #: from their config.
     backend: str = "l2l"
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int) -> None:
@@ -79,7 +80,7 @@ class Algorithm(nn.Module, abc.ABC):
     def batched(self) -> bool:
         """Whether a meta-batch of episodes runs at once (`meta_batch_loss`) rather than
         episode by episode (`meta_objective`)."""
-        return self.backend == "vmap"
+        return self.backend in ("vmap", "batched")
 
     def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """Support (n_support, D) and query (n_query, D) embeddings of `self.backbone`, from one
@@ -147,7 +148,7 @@ class Algorithm(nn.Module, abc.ABC):
         return loss, loss, accuracy
 
     def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """backend="vmap": the mean query loss (differentiable) and mean query accuracy (None
+        """backend="vmap" or "batched": the mean query loss (differentiable) and mean query accuracy (None
         for regression) of a meta-batch of same-shaped episodes, computed at once."""
         raise NotImplementedError(f"{type(self).__name__} has no vectorised meta-batch (backend=vmap)")
 

@@ -24,6 +24,11 @@ In meta-training the support steps are shuffled (the episode gives them class-ma
 would tell the controller the labels by position), with a permutation drawn from a
 torch.Generator seeded by the episode's own pixel values, so a training step is a
 deterministic function of the episode and the weights. At test time the given order is used.
+
+A meta-batch of B episodes (same ways, shots and query) runs as one batch of B sequences
+(backend=batched): memories (B, N, W), usage and least-used weights per episode, one controller
+step and one memory read/write per time step for all B; the loop over time steps is the only
+one. backend=loop runs the episodes one by one (the same meta-gradient).
 """
 from __future__ import annotations
 
@@ -116,6 +121,7 @@ class MANN(Algorithm):
         max_ways: Annotated[int, Ge(2)] | None = None,
         key_strength: Annotated[float, Gt(0)] = 1.0,
         delayed_labels: bool = True,
+        backend: Literal["batched", "loop"] = "batched",
     ) -> None:
         super().__init__(backbone, task, outputs)
         if read_heads > memory_slots:
@@ -138,6 +144,9 @@ class MANN(Algorithm):
         self.keys = nn.Linear(controller, read_heads * memory_width)
         self.gates = nn.Linear(controller, read_heads)
         self.output = nn.Linear(controller + read_heads * memory_width, self.max_ways if self.classification else 1)
+        #: batched: a meta-batch as one batch of B sequences (`meta_batch_loss`); loop: episode by
+        #: episode (`meta_objective`). The same meta-gradient (tests/test_model_based_batched.py).
+        self.backend = backend
 
     @classmethod
     def check_ways(cls, ways: int, key: str, outputs: int, max_ways: int | None = None, **config: Any) -> None:
@@ -147,22 +156,28 @@ class MANN(Algorithm):
                             f"(its one-hot label input and output have {limit} entries); use at most "
                             f"{limit}, or train with algorithm.max_ways={ways}.")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The sequence's floating type: the weights' (float32; float64 after .double())."""
+        return self.output.weight.dtype
+
     def embed(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """(n_support, F) and (n_query, F) step inputs: one backbone pass over both sets (batch
         norm sees both, as in ProtoNet), or the flattened pixels."""
         images = torch.cat([episode.support, episode.query])
-        embedded = self.backbone(images).float() if self.inputs == "backbone" else images.flatten(1).float()
+        embedded = self.backbone(images) if self.inputs == "backbone" else images.flatten(1)
+        embedded = embedded.to(self.dtype)  # float32 from bf16 autocast: the sequence runs in full precision
         return embedded.split([len(episode.support), len(episode.query)])
 
     def labels(self, targets: torch.Tensor) -> torch.Tensor:
         """Label inputs of the support steps: (S, max_ways) one-hot, or (S, 2) [target, 1]."""
         if self.classification:
-            return F.one_hot(targets, self.max_ways).float()
-        return torch.cat([targets.float(), torch.ones_like(targets, dtype=torch.float)], dim=1)
+            return F.one_hot(targets, self.max_ways).to(self.dtype)
+        return torch.cat([targets.to(self.dtype), torch.ones_like(targets, dtype=self.dtype)], dim=1)
 
     def initial(self, batch: int, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, Memory]:
         """Controller (h, c), reads r_0 (B, H*W) and an empty memory: wiped for every episode."""
-        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=self.dtype)  # noqa: E731
         usage = zeros(batch, self.slots)
         memory = Memory(zeros(batch, self.slots, self.width), zeros(batch, self.heads, self.slots), usage,
                         least_used(usage, self.heads))
@@ -179,30 +194,98 @@ class MANN(Algorithm):
         reads = read.flatten(1)
         return self.output(torch.cat([h, reads], dim=1)), (h, c), reads, memory
 
-    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
-        """(n_query, ways) logits (the first `ways` outputs), or (n_query, 1) for regression."""
-        ways = episode.ways
+    def embed_all(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step inputs of B same-shaped episodes: support (B, n_support, F), query (B, n_query, F).
+        The backbone runs episode by episode, so that its batch norm sees one episode as in
+        `embed`: on a CPU, B passes measured faster than one pass with per-episode statistics
+        (under vmap or as block statistics, docs/benchmarks.md); the sequence is batched."""
+        if self.inputs == "pixels":
+            images = torch.stack([torch.cat([e.support, e.query]) for e in episodes])
+            embedded = images.flatten(2).to(self.dtype)
+            return embedded.split([len(episodes[0].support), len(episodes[0].query)], dim=1)
+        support, query = zip(*(self.embed(e) for e in episodes))
+        return torch.stack(support), torch.stack(query)
+
+    def sequences(self, episodes: list[Episode], training: bool = False) -> torch.Tensor:
+        """B same-shaped episodes as one batch of B sequences -> (B, n_query, ways) logits, or
+        (B, n_query, 1) for regression. Each sequence has its own memory and least-used
+        weights; one controller step and one memory read/write per time step serves all B."""
+        ways = episodes[0].ways
         if self.classification:
             self.check_ways(ways, "the support set's classes", self.max_ways)
-        support, query = self.embed(episode)
+        support, query = self.embed_all(episodes)  # (B, S, F), (B, Q, F)
         with full_precision(support):
-            labels = self.labels(episode.support_labels)
-            if training:
-                order = torch.randperm(len(support), generator=episode_generator(episode.support)).to(support.device)
-                support, labels = support[order], labels[order]
-            controller, reads, memory = self.initial(1, support.device)
-            null = torch.zeros(1, self.label_size, device=support.device)
+            labels = torch.stack([self.labels(e.support_labels) for e in episodes])  # (B, S, L)
+            if training:  # each episode's own order, drawn from its own values
+                order = torch.stack([torch.randperm(support.shape[1], generator=episode_generator(e.support))
+                                     for e in episodes]).to(support.device)
+                rows = torch.arange(len(episodes), device=support.device)[:, None]
+                support, labels = support[rows, order], labels[rows, order]
+            batch, device = len(episodes), support.device
+            controller, reads, memory = self.initial(batch, device)
+            null = torch.zeros(batch, self.label_size, device=device, dtype=self.dtype)
             previous = null
-            for t in range(len(support)):
-                given = previous if self.delayed_labels else labels[t:t + 1]
-                _, controller, reads, memory = self.step(support[t:t + 1], given, controller, reads, memory)
-                previous = labels[t:t + 1]
+            for t in range(support.shape[1]):
+                given = previous if self.delayed_labels else labels[:, t]
+                _, controller, reads, memory = self.step(support[:, t], given, controller, reads, memory)
+                previous = labels[:, t]
             if self.delayed_labels:  # the closing step: the last support label, no image
-                _, controller, reads, memory = self.step(torch.zeros_like(support[:1]), previous, controller,
+                _, controller, reads, memory = self.step(torch.zeros_like(support[:, 0]), previous, controller,
                                                          reads, memory)
-            n = len(query)
-            expand = lambda x: x.expand(n, *x.shape[1:])  # noqa: E731
-            output, *_ = self.step(query, expand(null), tuple(map(expand, controller)), expand(reads),
+            # Each query is one step from its episode's state: B * Q one-step continuations.
+            n = query.shape[1]
+            expand = lambda x: x[:, None].expand(batch, n, *x.shape[1:]).flatten(0, 1)  # noqa: E731
+            output, *_ = self.step(query.flatten(0, 1), expand(null), tuple(map(expand, controller)), expand(reads),
                                    Memory(*map(expand, memory)))
-        return output[:, :ways]
+        return output.view(batch, n, -1)[..., :ways] if self.classification else output.view(batch, n, -1)
 
+    def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
+        """(n_query, ways) logits (the first `ways` outputs), or (n_query, 1) for regression."""
+        return self.sequences([episode], training)[0]
+
+    def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """backend=batched: mean query loss and accuracy of a meta-batch run as one batch of
+        sequences (the mean over all queries is the mean of the episodes' means: every episode
+        of a meta-batch has the same number of queries)."""
+        output = self.sequences(episodes, training=True).flatten(0, 1)
+        targets = torch.cat([e.query_labels for e in episodes])
+        return self.loss(output, targets), self.accuracy(output, targets)
+
+    def instance_logits(self, images: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+        """Santoro et al.'s protocol (eval.protocol=instances): B labelled sequences, images
+        (B, T, ...) with labels (B, T) in 0..ways-1 -> (B, T, ways) logits, step t's predicted
+        from the steps before it alone: the query output of `query_logits` for x_t with
+        x_1..x_{t-1} as the support, in their order. One pass over the sequence: from the
+        state after step t-1, the step that stores x_t and the branch that predicts it run as
+        one batch of 2B. Delayed labels: stored (x_t, y_{t-1}); branch (0, y_{t-1}) then the
+        query (x_t, null). Not delayed: stored (x_t, y_t); branch the query (x_t, null).
+        The backbone embeds each sequence's T images in one pass."""
+        self.check_ways(ways, "eval.ways", self.max_ways)
+        batch, steps = labels.shape
+        if self.inputs == "backbone":
+            embedded = torch.stack([self.backbone(sequence) for sequence in images]).to(self.dtype)
+        else:
+            embedded = images.flatten(2).to(self.dtype)
+        with full_precision(embedded):
+            given = self.labels(labels.flatten()).view(batch, steps, -1)
+            controller, reads, memory = self.initial(batch, embedded.device)
+            null = torch.zeros(batch, self.label_size, device=embedded.device, dtype=self.dtype)
+            previous, outputs = null, []
+            twice = lambda x: torch.cat([x, x])  # noqa: E731
+            half = lambda x, i: x[i * batch:(i + 1) * batch]  # noqa: E731
+            for t in range(steps):
+                x = embedded[:, t]
+                state = (tuple(map(twice, controller)), twice(reads), Memory(*map(twice, memory)))
+                if self.delayed_labels:  # rows: stored, branch
+                    _, both_c, both_r, both_m = self.step(torch.cat([x, torch.zeros_like(x)]), twice(previous), *state)
+                    output, *_ = self.step(x, null, tuple(half(v, 1) for v in both_c), half(both_r, 1),
+                                           Memory(*(half(v, 1) for v in both_m)))
+                    kept = 0
+                else:  # rows: query, stored
+                    both_o, both_c, both_r, both_m = self.step(twice(x), torch.cat([null, given[:, t]]), *state)
+                    output, kept = half(both_o, 0), 1
+                controller = tuple(half(v, kept) for v in both_c)
+                reads, memory = half(both_r, kept), Memory(*(half(v, kept) for v in both_m))
+                previous = given[:, t]
+                outputs.append(output[:, :ways])
+        return torch.stack(outputs, dim=1)

@@ -20,17 +20,23 @@ theta_T through them; the learner's gradients and losses enter as constants (the
 their second derivatives). Batch norm as the paper's section 3.4 describes: batch statistics
 on the support and on the query set in meta-training; at meta-test time running averages of
 the support batches (kept for this episode only, erased after it) normalise the query.
+
+A meta-batch of B episodes adapts B learners at once (backend=batched): their parameters are
+one (B, n) tensor, the learner runs under torch.func's vmap (each episode its own batch
+statistics), and the meta-learner updates all B * n coordinates in one call per inner step.
+backend=loop adapts them one by one (the same meta-gradient). Meta-testing is per episode.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Annotated, Iterator
+from typing import Annotated, Any, Iterator, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value, vmap
 
+from meta_cli.algorithms import vectorized
 from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.data.base import Episode
 from meta_cli.errors import UserError
@@ -68,8 +74,8 @@ def episode_statistics(model: nn.Module) -> Iterator[None]:
 
 
 def gate(linear: nn.Linear, x: torch.Tensor, theta: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """sigma(W [x, theta, previous] + b) for every coordinate: x (n, k), theta and previous (n,)
-    -> (n,); W is (1, k + 2), shared by the coordinates. Three terms rather than one (n, k + 2)
+    """sigma(W [x, theta, previous] + b) for every coordinate: x (..., n, k), theta and previous
+    (..., n) -> (..., n); W is (1, k + 2), shared by the coordinates. Three terms rather than one (n, k + 2)
     concatenation, which costs as much again as the product on a large learner."""
     w = linear.weight[0]
     return torch.sigmoid(x @ w[:-2] + theta * w[-2] + previous * w[-1] + linear.bias)
@@ -97,8 +103,10 @@ class MetaLSTM(Algorithm):
         forget_bias: float = 5.0,
         input_bias: float = -4.5,
         max_learner_parameters: Annotated[int, Ge(1)] = 200_000,
+        backend: Literal["batched", "loop"] = "batched",
     ) -> None:
         super().__init__(backbone, task, outputs)
+        self.check(task, backend=backend)
         #: c_0: the learner's parameters are the learned initial cell state.
         self.learner = nn.Sequential(backbone, nn.Linear(backbone.out_features, outputs))
         self.shapes = {name: p.shape for name, p in self.learner.named_parameters()}
@@ -118,6 +126,36 @@ class MetaLSTM(Algorithm):
             # at the start (their biases U(4, 6) and U(-5, -4)), i.e. SGD with a small rate.
             nn.init.uniform_(gate.weight, -0.01, 0.01)
             nn.init.constant_(gate.bias, bias)
+        #: batched: the B learners of a meta-batch adapted at once (`meta_batch_loss`); loop: one by
+        #: one (`meta_objective`). The same meta-gradient (tests/test_model_based_batched.py).
+        self.backend = backend
+        # The learner's functional twin for vmap; not a registered submodule, so checkpoints are
+        # the same whatever the backend.
+        twin = None
+        object.__setattr__(self, "_bf16_twin", None)
+        if backend == "batched":
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in self.modules()):
+                raise UserError("algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap, "
+                                "which cannot update batch norm's running statistics; set "
+                                "backbone.running_stats=false or algorithm.backend=loop.")
+            try:
+                # nn.BatchNorm2d itself: exact here (no second derivatives through the learner,
+                # tests/test_model_based_batched.py) and faster than the primitive one under vmap;
+                # under bf16 autocast its vmapped backward fails on the mixed dtypes, which the
+                # primitive one takes.
+                twin = vectorized.functional_twin(self.learner, primitive_norm=False)
+                object.__setattr__(self, "_bf16_twin", vectorized.functional_twin(self.learner))
+            except UserError as exc:  # dropout or running statistics: say which backend takes them
+                raise UserError(f"algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap: "
+                                f"{str(exc).split(';')[0]}; set algorithm.backend=loop for this backbone.") from exc
+        object.__setattr__(self, "_twin", twin)
+
+    @classmethod
+    def check(cls, task: Task, backend: str = "batched", vmap_blocker: str | None = None, **config: Any) -> None:
+        super().check(task)
+        if backend == "batched" and vmap_blocker:
+            raise UserError(f"algorithm=meta_lstm with algorithm.backend=batched runs its learners under vmap, "
+                            f"which cannot take a backbone with {vmap_blocker}; or use algorithm.backend=loop.")
 
     def initial_state(self) -> torch.Tensor:
         """c_0 = theta_0 (n,): the learner's parameters, flattened; differentiable."""
@@ -137,23 +175,25 @@ class MetaLSTM(Algorithm):
             leaf = theta.detach().requires_grad_(True)
             loss = self.loss(self.learner_output(leaf, support), labels)
             (grad,) = torch.autograd.grad(loss, leaf)
-        return loss.detach().float(), grad.float()
+        return loss.detach().to(theta.dtype), grad.to(theta.dtype)
 
     def update(self, theta: torch.Tensor, gates: tuple[torch.Tensor, torch.Tensor], encoder: tuple | None,
                loss: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple | None]:
-        """One meta-learner step. theta, grad (n,), gates (f_{t-1}, i_{t-1}) (n,) each, loss ();
-        encoder: the first layer's (h, c) (n, hidden) each, or None -> theta_t, (f_t, i_t), encoder."""
-        n = theta.shape[0]
-        x = torch.cat([preprocess(grad), preprocess(loss.reshape(1)).expand(n, 2)], dim=1)  # (n, 4)
-        if self.encoder is not None:
-            encoder = self.encoder(x, encoder)
-            x = encoder[0]
+        """One meta-learner step for one learner or B at once. theta, grad (n,) or (B, n), gates
+        (f_{t-1}, i_{t-1}) shaped as theta, loss () or (B,); encoder: the first layer's (h, c)
+        (n, hidden) or (B * n, hidden) each, or None -> theta_t, (f_t, i_t), encoder."""
+        x = torch.cat([preprocess(grad), preprocess(loss)[..., None, :].expand(*grad.shape, 2)], dim=-1)  # (..., n, 4)
+        if self.encoder is not None:  # one LSTM call over every coordinate of every learner
+            encoder = self.encoder(x.reshape(-1, 4), encoder)
+            x = encoder[0].view(*grad.shape, -1)
         f = gate(self.forget, x, theta, gates[0])
         i = gate(self.input, x, theta, gates[1])
         return f * theta - i * grad, (f, i), encoder
 
-    def adapt(self, support: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """theta_T (n,) after `steps` updates on the whole support set from theta_0."""
+    def adapt(self, support: torch.Tensor, labels: torch.Tensor,
+              trace: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """theta_T (n,) after `steps` updates on the whole support set from theta_0. `trace`, if
+        given, receives each step's gates (f_t, i_t), (n,) each (scripts/meta_lstm_gates.py)."""
         theta = self.initial_state()
         gates = (torch.zeros_like(theta), torch.zeros_like(theta))
         encoder = None
@@ -162,7 +202,45 @@ class MetaLSTM(Algorithm):
             # float32 under train.precision=bf16: theta would lose its small updates in bfloat16.
             with full_precision(theta):
                 theta, gates, encoder = self.update(theta, gates, encoder, loss, grad)
+            if trace is not None:
+                trace.append((gates[0].detach(), gates[1].detach()))
         return theta
+
+    def twin(self, inputs: torch.Tensor) -> nn.Module:
+        """The learner's functional twin for vmap: with the primitive batch norm under autocast."""
+        return self._bf16_twin if torch.is_autocast_enabled(inputs.device.type) else self._twin
+
+    def learner_outputs(self, thetas: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """B learners on their own inputs: thetas (B, n), inputs (B, N, ...) -> (B, N, outputs);
+        batch norm with each episode's batch statistics."""
+        twin = self.twin(inputs)
+        return vmap(lambda theta, x: functional_call(twin, self.parameters_of(theta), (x,)))(thetas, inputs)
+
+    def gradients(self, thetas: torch.Tensor, support: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_t (B,) and grad L_t (B, n) of B learners at theta_{t-1}, as constants."""
+        twin = self.twin(support)
+
+        def loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.loss(functional_call(twin, self.parameters_of(theta), (x,)), y)
+
+        grads, losses = vmap(grad_and_value(loss))(thetas.detach(), support, labels)
+        return losses.detach().to(thetas.dtype), grads.detach().to(thetas.dtype)
+
+    def meta_batch_loss(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """backend=batched: mean query loss and accuracy of a meta-batch; its B learners adapt
+        together, `steps` meta-learner calls over all B * n coordinates."""
+        batch = vectorized.stack(episodes)  # support (B, S, ...), query (B, Q, ...)
+        theta = self.initial_state().expand(len(episodes), -1)  # (B, n): every learner from c_0
+        gates = (torch.zeros_like(theta), torch.zeros_like(theta))
+        encoder = None
+        for _ in range(self.steps):
+            loss, grad = self.gradients(theta, batch.support, batch.support_labels)
+            with full_precision(theta):
+                theta, gates, encoder = self.update(theta, gates, encoder, loss, grad)
+        output = self.learner_outputs(theta, batch.query).flatten(0, 1)
+        targets = batch.query_labels.flatten(0, 1)
+        return self.loss(output, targets), self.accuracy(output, targets)
 
     def query_logits(self, episode: Episode, training: bool = False) -> torch.Tensor:
         """(n_query, outputs): the adapted learner on the query set."""

@@ -134,19 +134,11 @@ def _compose(config_name: str, overrides: list[str]):
         raise UserError(_explain(exc))
 
 
-def _check_search_space(config_name: str, overrides: list[str]) -> None:
-    """A sweeper's search space (hparams_search=optuna) may only name keys the jobs have."""
-    first = next(iter(_combinations(overrides)), overrides)
-    try:
-        cfg = compose(config_name=config_name, overrides=first, return_hydra_config=True)
-    except HydraException:
-        return  # already reported by the job's own check
-    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
-    for key in params:
-        if OmegaConf.select(cfg, str(key), default=None) is None:
-            raise UserError(f"the sweeper tunes '{key}', which this config does not have (e.g. "
-                            f"protonet has no inner loop); pick an algorithm that has it or set "
-                            f"hydra.sweeper.params.")
+def _untuneable(composed: Any) -> list[str]:
+    """The keys a sweeper's search space (hparams_search=optuna) names that the job (its config
+    with its hydra node) does not have."""
+    params = OmegaConf.select(composed, "hydra.sweeper.params", default=None) or {}
+    return [str(key) for key in params if OmegaConf.select(composed, str(key), default=None) is None]
 
 
 @dataclass
@@ -164,7 +156,7 @@ def compose_jobs(command: str, overrides: list[str]) -> list[Job]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
-            jobs = []
+            jobs, untuneable = [], []
             if command == "eval" and any(key_of(o).lstrip("+~").split(".")[0] == "backbone" for o in overrides):
                 raise UserError("eval takes the checkpoint's model: backbone keys do not apply (the image "
                                 "size and channels come from the checkpoint, the images are brought to them).")
@@ -173,13 +165,18 @@ def compose_jobs(command: str, overrides: list[str]) -> list[Job]:
                 if named:
                     presets.check_named(named[-1])
                 composed = _compose(command, combo)
+                if not jobs:  # the first job's composition serves both checks (each ~0.5 s)
+                    untuneable = _untuneable(composed)
                 choice = OmegaConf.select(composed, "hydra.runtime.choices.preset", default=None)
                 with open_dict(composed):
                     del composed["hydra"]
                 job = Job(plain(composed), combo, choice)
                 check(job, lambda config: check_config(command, config))
                 jobs.append(job)
-            _check_search_space(command, overrides)
+            if untuneable:
+                raise UserError(f"the sweeper tunes '{untuneable[0]}', which this config does not have (e.g. "
+                                f"protonet has no inner loop); pick an algorithm that has it or set "
+                                f"hydra.sweeper.params.")
     finally:
         GlobalHydra.instance().clear()
     return jobs

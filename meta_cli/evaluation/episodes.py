@@ -51,13 +51,18 @@ class EvalSettings:
     #: the same numbers (up to float rounding), much faster; only for learners whose embedding
     #: is fixed per image and backbones that do not normalise by batch (evaluation/cached.py).
     cache: bool = False
+    #: episodes: few-shot episodes (accuracy.csv). instances: Santoro et al.'s sequences, accuracy
+    #: by the presentation number of a class (instances.csv; evaluation/instances.py).
+    protocol: Literal["episodes", "instances"] = "episodes"
+    #: protocol=instances: the presentation numbers reported; each class is shown max(instances) times.
+    instances: list[Annotated[int, Ge(1)]] = (1, 2, 3, 5, 10)
 
     def check_applies(self, task: str) -> None:
         """UserError for an eval.* key set away from its default that the meta-test of `task`
         would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
         if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads", "cache"):
+            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", "instances", "cache"):
                 if key in changed:
                     instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
                                else " (its trajectories per step are dataset.trajectories)" if key == "shots"
@@ -68,6 +73,9 @@ class EvalSettings:
         if "tasks" in changed:
             raise UserError(f"eval.tasks applies to meta-RL only; {task} meta-tests eval.episodes episodes: "
                             f"set eval.episodes instead and leave eval.tasks unset.")
+        if self.protocol != "instances" and "instances" in changed:
+            raise UserError("eval.instances applies to eval.protocol=instances; set that too, or leave "
+                            "eval.instances unset.")
         if task == "regression" and self.ways is not None:
             raise UserError("eval.ways does not apply to regression; leave it unset.")
         if task == "regression" and self.cache:
@@ -77,6 +85,7 @@ class EvalSettings:
         # One form from here on: a list, or None for the dataset's.
         self.ways = _as_list(self.ways)
         self.shots = _as_list(self.shots)
+        self.instances = tuple(sorted(set(_as_list(self.instances))))
 
     def fill_from(self, source: TaskSource) -> None:
         """Take the data's ways, shots and query where eval.* leaves them unset: `meta-cli eval`

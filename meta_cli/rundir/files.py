@@ -21,6 +21,7 @@ from meta_cli.errors import UserError
 from meta_cli.rundir.outputs import (
     ACCURACY_COLUMNS,
     EPISODE_COLUMNS,
+    INSTANCE_COLUMNS,
     JOB_COLUMNS,
     PREDICTION_COLUMNS,
     RETURNS_COLUMNS,
@@ -37,6 +38,7 @@ RUN_FILES = {
     "status.json", ".lock", "splits.json", "error.log",
     "metrics.csv", "accuracy.csv", "episodes.csv",  # classification and regression
     "returns.csv", "task_returns.csv",  # meta-RL, in place of accuracy.csv and episodes.csv
+    "instances.csv",  # eval.protocol=instances, in place of accuracy.csv and episodes.csv
     "predictions.csv",
     *REPORT_FILES,
 }
@@ -61,6 +63,7 @@ CSV_HEADERS = {
     "episodes.csv": (EPISODE_COLUMNS,),
     "returns.csv": (RETURNS_COLUMNS,),
     "task_returns.csv": (TASK_RETURNS_COLUMNS,),
+    "instances.csv": (INSTANCE_COLUMNS,),
     "predictions.csv": (PREDICTION_COLUMNS,),
 }
 SUMMARY_PREFIX = ",".join(JOB_COLUMNS)

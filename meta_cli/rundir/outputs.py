@@ -23,6 +23,10 @@ METRICS_LEADING, METRICS_TRAILING = ("iteration", "split"), ("tasks_per_s", "ela
 ACCURACY_COLUMNS = ["algorithm", "dataset", "eval_dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint", "test_settings"]
 EPISODE_COLUMNS = ["dataset", "eval_dataset", "ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+#: instances.csv (eval.protocol=instances): accuracy at the instance-th presentation of a class
+#: in sequences that show each of `ways` classes `presentations` times.
+INSTANCE_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "presentations", "instance", "split", "episodes",
+                    "accuracy", "ci95", "seed", "checkpoint", "test_settings"]
 #: returns.csv (meta-RL): accuracy.csv's identifying columns, then the adaptation steps and the return.
 RETURNS_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split", "episodes",
                    "steps", "return", "ci95", "seed", "checkpoint", "test_settings"]

@@ -12,6 +12,7 @@ from meta_cli.engine.regimes.base import Regime
 from meta_cli.engine.instantiate import arguments, instantiate
 from meta_cli.errors import UserError
 from meta_cli.evaluation.cached import check_cache
+from meta_cli.evaluation import instances
 from meta_cli.evaluation.episodes import EpisodeValidation, EvalSettings, test_rows, write_results
 
 if TYPE_CHECKING:
@@ -67,7 +68,11 @@ class Supervised(Regime):
     @classmethod
     def check_eval(cls, algorithm: dict[str, Any], source: Any, evaluation: EvalSettings,
                    outputs: int) -> None:
-        evaluation.settings(source)  # the data can give every (ways, shots, query) asked
+        if evaluation.protocol == "instances":  # sequences of max(eval.instances) presentations per class
+            evaluation.check_applies(source.task)
+            instances.check(get_object(algorithm["_target_"]), source, evaluation)
+        else:
+            evaluation.settings(source)  # the data can give every (ways, shots, query) asked
         check_ways(algorithm, outputs, {"eval.ways": evaluation.ways or []})
 
     @classmethod
@@ -98,9 +103,13 @@ class Supervised(Regime):
         return self._validation(iteration)
 
     def meta_test_size(self, evaluation: EvalSettings) -> int:
+        if evaluation.protocol == "instances":
+            return evaluation.episodes * len(evaluation.ways or [self.source.ways])
         return evaluation.episodes * len(evaluation.settings(self.source))
 
     def meta_test(self, evaluation: EvalSettings, identity: dict[str, Any], out: Path) -> float:
+        if evaluation.protocol == "instances":
+            return instances.meta_test(self.model, self.source, evaluation, identity, out, self.world)
         rows = test_rows(self.model, self.source, evaluation, identity, self.world)
         if self.world.main:
             write_results(out, rows)
