@@ -162,8 +162,8 @@ def _shape(config: dict[str, Any], payload: dict[str, Any], path: Path) -> DataS
 
     dataset = get_object(config["dataset"]["_target_"])
     if dataset.task != "classification":
-        raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); predict and eval "
-                        f"dataset=NAME take images and need a classification checkpoint (e.g. one trained "
+        raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); predict (as eval "
+                        f"dataset=NAME) labels images and needs a classification checkpoint (e.g. one trained "
                         f"with dataset=omniglot).")
     if "transform" not in payload:
         raise UserError(f"checkpoint {path} records no image transform; it was written by a meta-cli "
