@@ -35,6 +35,11 @@ def given(node: dict[str, Any] | None) -> bool:
 def check_plain(node: dict[str, Any] | None, data_root: str | None) -> None:
     """Without dataset=NAME, dataset.* keys have nothing to apply to."""
     changed = sorted(k for k, v in (node or {}).items() if v != FROM_CHECKPOINT)
+    episode_keys = [k for k in changed if FIXED.get(k, "").startswith("eval.")]
+    if episode_keys:  # with or without dataset=NAME
+        k = episode_keys[0]
+        raise UserError(f"dataset.{k}={node[k]}: eval takes the episodes' {k} from the checkpoint; set "
+                        f"{FIXED[k]} instead.")
     if not given(node) and changed:
         raise UserError(f"dataset.{changed[0]} applies to a dataset given with dataset=NAME (e.g. "
                         f"dataset=image_folder dataset.root=DIR); without one, eval meta-tests on the "
