@@ -94,6 +94,8 @@ def test_refusals_are_one_line(cli, tmp_path, data_root, cache_dir, monkeypatch)
     torch.save(state, tmp_path / "wrong.pt")
     base = ["algorithm=protonet", "backbone=timm", "backbone.image_size=32", "device=cpu"]
     for args, words in (([*base, "backbone.name=no_such_net"], "not a timm model"),
+                        (["algorithm=maml", *base[1:], f"backbone.name={NAME}", "backbone.freeze=norm"],
+                         "backbone.freeze=norm applies to learners"),
                         ([*base, f"backbone.name={NAME}", f"backbone.weights={tmp_path / 'wrong.pt'}"],
                          "conv1.0.weight (3, 3, 3, 3)")):
         with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
