@@ -26,6 +26,9 @@ episodes one by one), each built as `meta-cli train algorithm=A dataset=D` build
 A_D_backbone applies, with its meta-batch size), on Omniglot 5-way 1-shot and sinusoid:
 
   .venv/bin/python scripts/bench.py --model-based [--settings mann-omniglot,meta_lstm-sinusoid,...]
+
+--eval-cache times meta-testing instead: 600 episodes (--eval-episodes) of 5w1s and 20w5s with
+ProtoNet, uncached against eval.cache=true (`bench_eval_cache`).
 """
 from __future__ import annotations
 
@@ -264,6 +267,43 @@ def bench_continual(device: torch.device, classes: int, streams: int, rates: int
         assert torch.allclose(a.float(), b.float(), atol=1e-6), "vmap and loop disagree"
 
 
+def bench_eval_cache(device: torch.device, episodes: int, body: str) -> None:
+    """Meta-testing `episodes` Omniglot test episodes, 5w1s and 20w5s (query 5), with ProtoNet on
+    a running-statistics body: uncached (each episode's images embedded in the episode) against
+    eval.cache=true (each image of the split embedded once). One run of each, the same episodes;
+    the table says whether the accuracies are equal."""
+    from meta_cli.engine.cross_domain import fit_source
+    from meta_cli.engine.instantiate import instantiate
+    from meta_cli.evaluation.episodes import EvalSettings, test_rows
+
+    node = ({"_target_": "meta_cli.models.timm.Timm", "name": "test_resnet", "image_size": 28} if body == "timm"
+            else {"_target_": "meta_cli.models.resnet12.ResNet12"})
+    source = fit_source(Omniglot(str(DATA)), node).to(device)
+    torch.manual_seed(0)
+    model = ProtoNet(instantiate(node, input_shape=source.input_shape), "classification", 5).to(device)
+    # Untimed: the split's pixels loaded (and decoded into the cache, on a first run), the body warm.
+    with torch.no_grad():
+        model.eval().backbone(source.episode("test", 0, 0, 5, 1, 5).support)
+    label = "timm test_resnet at 28x28 (3 channels)" if body == "timm" else "resnet12"
+    print(f"ProtoNet, {label}, random init; Omniglot minimal test split "
+          f"({source.num_classes('test')} classes), {episodes} episodes per setting\n")
+    print("| setting | uncached s | cached s (embedding the split included) | speed-up | same accuracy |")
+    print("|---|---|---|---|---|")
+    for ways, shots in ((5, 1), (20, 5)):
+        timings, rows = {}, {}
+        for cache in (False, True):
+            settings = EvalSettings(episodes=episodes, ways=[ways], shots=[shots], query=5, cache=cache)
+            start = time.perf_counter()
+            rows[cache] = test_rows(model, source, settings, {})[0]
+            sync(device)
+            timings[cache] = time.perf_counter() - start
+        same = rows[False]["_episodes"].episode_accuracies == rows[True]["_episodes"].episode_accuracies
+        print(f"| {ways}w{shots}s | {timings[False]:.1f} | {timings[True]:.1f} | "
+              f"{timings[False] / timings[True]:.1f}x | {'yes' if same else 'NO'} "
+              f"({100 * rows[True]['accuracy']:.2f} %) |")
+        sys.stdout.flush()
+
+
 MODEL_BASED = {  # name: `meta-cli train` overrides; the preset for the pair applies as in the CLI
     "mann-omniglot": ["algorithm=mann", "dataset=omniglot"],
     "mann-sinusoid": ["algorithm=mann", "dataset=sinusoid"],
@@ -321,6 +361,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10, help="--continual: classes per stream")
     parser.add_argument("--streams", type=int, default=20, help="--continual: streams")
     parser.add_argument("--rates", type=int, default=1, help="--continual: learning rates per stream")
+    parser.add_argument("--eval-cache", action="store_true",
+                        help="only the meta-test section: eval.cache=true against uncached (ProtoNet, 5w1s and 20w5s)")
+    parser.add_argument("--eval-episodes", type=int, default=600)
+    parser.add_argument("--eval-body", choices=["timm", "resnet12"], default="timm")
     args = parser.parse_args()
     # The process settings of a meta-cli job (meta_cli/job.py), so the engine is timed as it
     # trains. They are process-wide: the reference, in the same process, gets them too. Not the
@@ -332,6 +376,9 @@ def main() -> None:
     print(f"device: {device.type} ({name}); torch {torch.__version__}; python {sys.version.split()[0]}")
     if args.continual:
         bench_continual(device, args.classes, args.streams, args.rates)
+        return
+    if args.eval_cache:
+        bench_eval_cache(device, args.eval_episodes, args.eval_body)
         return
     print(f"median of {args.repeats} timings of {args.steps} meta-steps after {args.warmup} warm-up steps, "
           f"the contenders in turn; malloc tuning {'on' if tuned else 'off'}\n")

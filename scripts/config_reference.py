@@ -46,7 +46,7 @@ def comments(path: Path) -> dict[tuple[str, str], str]:
 
 
 def cell(value: object) -> str:
-    text = "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    text = "null" if value is None else yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
     return f"`{text}`".replace("|", "\\|")
 
 

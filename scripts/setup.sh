@@ -78,7 +78,7 @@ for spec in sys.argv[1:]:
             print(f"{req.name}{extra}{req.specifier}")
 PYTHON
 }
-wanted=$(requirements "meta-cli[dev,launchers,optuna,tensorboard,mujoco]" learn2learn qpth)
+wanted=$(requirements "meta-cli[dev,launchers,optuna,tensorboard,mujoco,timm]" learn2learn qpth)
 mapfile -t wanted <<< "$wanted"
 pip_install "${wanted[@]}"
 

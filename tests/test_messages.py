@@ -27,8 +27,8 @@ def test_values_are_shown_as_typed_not_as_python_reprs():
     (["seed=true"], "seed must be an integer >= 0; got true.", "True"),
     (["train.precision=null"], "got null.", "None"),
     (["dataset=image_folder", "dataset.root=x", "dataset.mean=[a]"], "got [a].", "['a']"),
-    (["algorithm=protonet", "algorithm.foo=1"], "Unknown config key 'algorithm.foo'. algorithm=protonet has no keys "
-                                                "to set.", "Allowed keys of algorithm: ."),
+    (["algorithm=protonet", "algorithm.foo=1"], "Unknown config key 'algorithm.foo'. Allowed keys of algorithm: "
+                                                "finetune, finetune_augment, finetune_lr, finetune_steps.", "no keys"),
     (["logger.foo=1"], "logger=csv has no keys to set.", "Allowed keys of logger: ."),
 ])
 def test_bad_values_and_keys_read_as_typed(cli, overrides, expected, absent):

@@ -55,6 +55,11 @@ class Algorithm(nn.Module, abc.ABC):
     #: True when the model's output layer fixes the number of ways (MAML's head): meta-testing
     #: and prediction must then use the training ways.
     fixed_ways: ClassVar[bool] = False
+    #: True when an episode's embeddings are `self.backbone`'s of each image, whatever the
+    #: episode (metric learners, pretrain's heads): meta-testing may embed each image of a
+    #: split once (eval.cache). False where the body adapts to the support set (MAML-style
+    #: learners, test-time fine-tuning: see `adapts_body`) or reads whole episodes (MANN).
+    embeds_once: ClassVar[bool] = False
     #: How it learns: the dotted path of its `meta_cli.engine.regimes` class, as a config names
     #: a `_target_` — Episodes (meta-batches of episodes, through `meta_objective` or
     #: `meta_batch_loss`) or Batches (mini-batches of (image, class) through `batch_loss`:
@@ -83,6 +88,12 @@ class Algorithm(nn.Module, abc.ABC):
         as in learn2learn's ProtoNet example."""
         embeddings = self.backbone(torch.cat([episode.support, episode.query]))
         return embeddings.split([len(episode.support), len(episode.query)])
+
+    @classmethod
+    def adapts_body(cls, **config: Any) -> bool:
+        """Whether, with these config keys, an episode's embeddings are not fixed per image
+        (`embeds_once` false, or test-time fine-tuning: algorithm.finetune=true)."""
+        return not cls.embeds_once or bool(config.get("finetune", False))
 
     @classmethod
     def check(cls, task: Task, vmap_blocker: str | None = None, **config: Any) -> None:
@@ -152,9 +163,21 @@ class Algorithm(nn.Module, abc.ABC):
         labels (N,) among all the training split's classes."""
         raise NotImplementedError(f"{type(self).__name__} learns from episodes, not batches")
 
-    def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
-        """The outer optimizer: Adam on every meta-parameter (learn2learn's examples)."""
-        return torch.optim.Adam(self.parameters(), lr=meta_lr)
+    def meta_optimizer(self, meta_lr: float, body_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+        """The outer optimizer: Adam on every meta-parameter (learn2learn's examples); the
+        backbone's at meta_lr * body_lr_scale (train.body_lr_scale: a pre-trained body moves
+        less than a new head). Frozen parameters (backbone.freeze) are left out."""
+        body = getattr(self, "backbone", None)
+        body_ids = {id(p) for p in body.parameters()} if isinstance(body, nn.Module) else set()
+        trained = [p for p in self.parameters() if p.requires_grad]
+        if not trained:
+            raise UserError("nothing to train: every parameter is frozen (backbone.freeze=true) and "
+                            f"{type(self).__name__} has none of its own; use backbone.freeze=false or norm.")
+        if body_lr_scale == 1.0:  # one group, as checkpoints of earlier runs hold it
+            return torch.optim.Adam(trained, lr=meta_lr)
+        groups = [{"params": [p for p in trained if id(p) not in body_ids], "lr": meta_lr},
+                  {"params": [p for p in trained if id(p) in body_ids], "lr": meta_lr * body_lr_scale}]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=meta_lr)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":

@@ -28,6 +28,8 @@ class MatchingNet(Algorithm):
     embeddings, no LSTM). The attention's softmax has a learned scale: unscaled cosines in
     [-1, 1] give near-uniform attention."""
 
+    embeds_once = True  # eval.cache: each image embedded once per split
+
     tasks = ("classification",)
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int,

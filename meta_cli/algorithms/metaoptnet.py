@@ -17,6 +17,8 @@ class MetaOptNet(Algorithm):
     by qpth's differentiable QP) is fitted to the support embeddings, and its scores on the
     query embeddings, times a learned scale (Lee et al.'s temperature), are the logits."""
 
+    embeds_once = True  # eval.cache: each image embedded once per split
+
     tasks = ("classification",)
 
     def __init__(

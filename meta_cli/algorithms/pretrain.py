@@ -47,6 +47,8 @@ class Pretrain(Algorithm):
     pre-trained weights never change at test time.
     """
 
+    embeds_once = True  # eval.cache: each image embedded once per split
+
     injected = ("backbone", "task", "outputs", "classes")
     tasks = ("classification",)
     regime = "meta_cli.engine.regimes.batches.Batches"

@@ -44,7 +44,7 @@ class Reptile(Algorithm):
         self.inner_optimizer = inner_optimizer
         self.inner_batch = inner_batch
 
-    def meta_optimizer(self, meta_lr: float) -> torch.optim.Optimizer:
+    def meta_optimizer(self, meta_lr: float, body_lr_scale: float = 1.0) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.meta_step_size)
 
     def adapted(self, inputs: torch.Tensor, labels: torch.Tensor, steps: int,

@@ -56,6 +56,8 @@ class Siamese(Algorithm):
     """Backbone -> optional fully-connected sigmoid layer (Koch's 4096-unit one, `hidden` wide;
     0: none) -> L1 distance -> sigmoid head. Classification only; any number of ways."""
 
+    embeds_once = True  # eval.cache: each image embedded once per split
+
     tasks = ("classification",)
 
     def __init__(self, backbone: nn.Module, task: Task, outputs: int,

@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> float | None:
 
     world.barrier()  # best.pt is rank 0's
     best_path = keeper.load_best(run.model)
-    identity = {**choices, "seed": config["seed"], "checkpoint": str(best_path)}
+    identity = {**choices, "eval_dataset": choices["dataset"], "seed": config["seed"], "checkpoint": str(best_path)}
     run.regime.meta_test(spec.evaluation, identity, out)
     return best["value"]
 

@@ -157,6 +157,9 @@ def compose_jobs(command: str, overrides: list[str]) -> list[Job]:
     try:
         with initialize_config_module(config_module="meta_cli.conf", version_base="1.3"):
             jobs, untuneable = [], []
+            if command == "eval" and any(key_of(o).lstrip("+~").split(".")[0] == "backbone" for o in overrides):
+                raise UserError("eval takes the checkpoint's model: backbone keys do not apply (the image "
+                                "size and channels come from the checkpoint, the images are brought to them).")
             for combo in _combinations(overrides):
                 named = [o.split("=", 1)[1] for o in combo if key_of(o) == "preset" and "=" in o]
                 if named:
@@ -218,6 +221,7 @@ PLUGINS = {
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
     ("logger", "tensorboard"): ("tensorboard", "tensorboard"),
+    ("backbone", "timm"): ("timm", "timm"),
 }
 
 

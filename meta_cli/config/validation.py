@@ -35,7 +35,9 @@ _NUMBER_KINDS = {int: "an integer", float: "a number", bool: "true or false", st
 TRAIN_GROUPS = ("algorithm", "dataset", "backbone", "device")
 COMMAND_KEYS = {
     "train": {*TRAIN_GROUPS, "train", "eval", "seed", "resume", "init", "logger", "distributed"},
-    "eval": {"checkpoint", "data_root", "algorithm", "eval", "device", "distributed"},
+    # eval's dataset: another one to meta-test on (dataset=NAME); its backbone only the
+    # dataset group's default body, which eval ignores (the checkpoint fixes the model).
+    "eval": {"checkpoint", "data_root", "algorithm", "eval", "device", "distributed", "dataset", "backbone"},
     "predict": {"checkpoint", "support", "query", "algorithm", "device"},
 }
 #: Nodes of each command checked against their constructors.
@@ -153,6 +155,11 @@ def _targets_of(group: str) -> dict[str, str]:
         return {}
     return {file.name[:-5]: (yaml.safe_load(file.read_text()) or {}).get("_target_")
             for file in folder.iterdir() if file.name.endswith(".yaml")}
+
+
+def option_of(group: str, target: str) -> str | None:
+    """The option of `group` (conf/<group>/<option>.yaml) whose _target_ is `target`."""
+    return next((name for name, t in sorted(_targets_of(group).items()) if t == target), None)
 
 
 def check_keys(node: dict[str, Any], allowed: set[str], path: str) -> None:

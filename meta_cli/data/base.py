@@ -10,8 +10,10 @@ import torch
 
 from meta_cli.errors import UserError
 
-Split = Literal["train", "val", "test"]
-SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+Split = Literal["train", "val", "test", "all"]
+#: "all": every class of the dataset, whatever its split (eval.split=all: meta-testing on a
+#: dataset the model never saw). Its code skips 3, the mini-batches' stream (`BATCH_STREAM`).
+SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2, "all": 4}
 
 
 @dataclass
@@ -75,7 +77,7 @@ def epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
     """The order (a permutation of 0..examples-1) in which epoch `epoch` visits the examples.
 
     Its own stream, [seed, 3, 0, epoch], never meets an episode's [seed, split, index]
-    (split < 3) nor a batch's augmentation stream [seed, 3, 1, index]."""
+    (split != 3) nor a batch's augmentation stream [seed, 3, 1, index]."""
     return np.random.default_rng([seed, BATCH_STREAM, 0, epoch]).permutation(examples)
 
 

@@ -152,6 +152,8 @@ class ImageFolder(ImageTensorSource):
     def classes_advice(self, split: str, ways: int) -> str:
         """Where `ways` classes for `split` would come from: more class folders (how many, for
         a cut by fractions), another share, or split folders."""
+        if split == "all":
+            return f"add class folders to {self.folder}"
         if self.split_rule["split"] == "folders":
             return f"add class folders to {self.folder / split}"
         fractions = self.split_rule["fractions"]

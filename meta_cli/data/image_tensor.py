@@ -167,13 +167,20 @@ class ImageTensorSource(ClassBatches, TaskSource):
                             f"data at {self.folder} (e.g. {unknown[0]}): this checkpoint was "
                             f"trained on other files.")
         self._class_sizes = {s: {c: counts[c] for c in cs} for s, cs in self.splits.items()}
+        self._class_sizes["all"] = {c: n for sizes in self._class_sizes.values() for c, n in sizes.items()}
         self._images_per_class = {s: min(sizes.values(), default=0) for s, sizes in self._class_sizes.items()}
         self.device = torch.device("cpu")
         self._pixels: dict[str, torch.Tensor] = {}
         self._samplers: dict[str, ClassSampler] = {}
 
+    def classes_of(self, split: Split) -> list[str]:
+        """The class ids of `split` ("all": those of every split, in split order)."""
+        if split == "all":
+            return [c for s in SPLITS for c in self.splits.get(s, [])]
+        return list(self.splits.get(split, []))
+
     def num_classes(self, split: Split) -> int:
-        return len(self.splits.get(split, [])) * (self.variants if split == "train" else 1)
+        return len(self.classes_of(split)) * (self.variants if split == "train" else 1)
 
     def images_per_class(self, split: Split) -> int:
         return self._images_per_class.get(split, 0)
@@ -195,7 +202,7 @@ class ImageTensorSource(ClassBatches, TaskSource):
 
     def _sampler(self, split: Split) -> ClassSampler:
         if split not in self._samplers:
-            classes = self.splits[split]
+            classes = self.classes_of(split)
             parts = [p for p in self.caches if any(self.part_of[c] == p for c in classes)]
             tensors, groups, offset = [], {}, 0
             for part in parts:
@@ -215,6 +222,27 @@ class ImageTensorSource(ClassBatches, TaskSource):
     def episode(self, split: Split, index: int, seed: int, ways: int, shots: int,
                 query: int) -> Episode:
         return self._sampler(split).sample(episode_rng(seed, split, index), ways, shots, query)
+
+    # Cached embeddings (eval.cache): an episode as rows of the split's stored images.
+    def cache_blocker(self, split: Split) -> str | None:
+        """Why episodes of `split` are not made of its stored images (None: they are)."""
+        if split == "train" and (self.rotations or self.flips or self.augment is not None):
+            return (f"the train split of {self.title} is turned, mirrored or augmented (dataset.rotations, "
+                    f"flips, augment)")
+        return None
+
+    def split_rows(self, split: Split) -> np.ndarray:
+        """The rows (of `episode_rows`) of every image of `split`."""
+        return self._sampler(split).rows()
+
+    def episode_rows(self, split: Split, index: int, seed: int, ways: int, shots: int,
+                     query: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """`episode(...)`'s images as rows: support, query and the episode's seed."""
+        return self._sampler(split).sample_rows(episode_rng(seed, split, index), ways, shots, query)
+
+    def inputs(self, split: Split, rows: np.ndarray) -> torch.Tensor:
+        """The model inputs of those rows of `split`'s images."""
+        return self._sampler(split).inputs(rows)
 
     def describe(self) -> dict[str, Any]:
         """Splits, the transform (what `meta-cli predict` replays) and how meta-training

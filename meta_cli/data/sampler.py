@@ -123,6 +123,30 @@ class ClassSampler:
             classes=torch.as_tensor(classes, dtype=torch.int64, device=batch.device),
         )
 
+    def sample_rows(self, rng: np.random.Generator, ways: int, shots: int,
+                    query: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The episode `sample(rng, ...)` draws, as rows of `images`: support rows (ways * shots,)
+        and query rows (ways * query,), class-major, and the episode's seed. Only for a sampler
+        without class variants or augmentation, whose images are the stored ones (the same
+        draws from `rng`, in the same order, as `sample`)."""
+        if self.variants > 1 or self.augment is not None:
+            raise ValueError("an episode of turned or augmented images has no stored rows")
+        per_class = shots + query
+        classes = rng.choice(self.num_classes, size=ways, replace=False)
+        rows = np.stack([self.class_images[int(c)][rng.permutation(len(self.class_images[int(c)]))[:per_class]]
+                         for c in classes])
+        seed = int(rng.integers(2**62))
+        return rows[:, :shots].reshape(-1), rows[:, shots:].reshape(-1), seed
+
+    def rows(self) -> np.ndarray:
+        """Every row of `images` that belongs to one of the classes, class by class."""
+        return self._flat
+
+    def inputs(self, rows: np.ndarray) -> torch.Tensor:
+        """Model inputs (len(rows), C, H, W) of those rows of `images`."""
+        batch = self.images.index_select(0, torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.images.device))
+        return self.convert(batch) if self.convert is not None else batch
+
     def draw(self, examples: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Examples `examples` (n,) in 0..num_examples-1 -> images (n, C, H, W) and their
         classes (n,) int64 in 0..num_classes-1 (class v = base class v // variants as variant

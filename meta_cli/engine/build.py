@@ -24,6 +24,7 @@ from torch import nn
 from meta_cli.rundir import checkpoint
 from meta_cli.rundir.checkpointer import restore_weights
 from meta_cli.runtime.distributed import DistributedSettings, World, check_backend
+from meta_cli.engine import cross_domain
 from meta_cli.engine.instantiate import instantiate
 from meta_cli.engine.regimes.base import Regime, regime_of
 from meta_cli.errors import UserError
@@ -69,7 +70,8 @@ def check_train(config: dict[str, Any], sources: dict[str, Any] | None = None) -
     if data_key not in sources:
         sources[data_key] = instantiate(config["dataset"])
     algorithm = get_object(config["algorithm"]["_target_"])
-    spec = TrainSpec(config, sources[data_key], algorithm, regime_of(algorithm), instantiate(config["train"]),
+    source = cross_domain.fit_source(sources[data_key], config["backbone"])
+    spec = TrainSpec(config, source, algorithm, regime_of(algorithm), instantiate(config["train"]),
                      instantiate(config["eval"]), instantiate(config["distributed"]),
                      instantiate(config["device"]))
     algorithm.check_task(spec.source.task)  # first: the task decides what else can be said
@@ -140,12 +142,15 @@ def restore(path: str | Path, test_time: dict[str, Any] | None = None, data_root
     payload = checkpoint.load(path)
     config = copy.deepcopy(payload["config"])
     config["algorithm"] = with_test_time(config["algorithm"], test_time)
+    if config.get("backbone", {}).get("weights") is not None:  # the checkpoint holds them (timm)
+        config["backbone"]["weights"] = None
     if data_root is None and open_data and getattr(get_object(config["dataset"]["_target_"]), "under_data_root", True):
         data_root = os.environ.get("META_CLI_DATA")  # as train's dataset.root; not an image folder's
     if data_root is not None and "root" in config["dataset"]:  # sinusoid has no files
         config["dataset"]["root"] = data_root
     regime = regime_of(config["algorithm"]["_target_"])
-    data = (instantiate(config["dataset"], splits=payload.get("splits") or None) if open_data
+    data = (cross_domain.fit_source(instantiate(config["dataset"], splits=payload.get("splits") or None),
+                                    config["backbone"]) if open_data
             else _shape(config, payload, path))
     model = regime.build(config, data, classes=payload.get("classes"))
     restore_weights(model, payload["algorithm"], path)
@@ -157,8 +162,9 @@ def _shape(config: dict[str, Any], payload: dict[str, Any], path: Path) -> DataS
 
     dataset = get_object(config["dataset"]["_target_"])
     if dataset.task != "classification":
-        raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); predict labels "
-                        f"images and needs a classification checkpoint (e.g. one trained with dataset=omniglot).")
+        raise UserError(f"checkpoint {path} is a {dataset.task} model ({dataset.__name__}); predict (as eval "
+                        f"dataset=NAME) labels images and needs a classification checkpoint (e.g. one trained "
+                        f"with dataset=omniglot).")
     if "transform" not in payload:
         raise UserError(f"checkpoint {path} records no image transform; it was written by a meta-cli "
                         f"older than 0.1.0: train it again to predict with it.")

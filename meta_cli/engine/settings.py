@@ -37,6 +37,9 @@ class TrainSettings:
     #: How many step checkpoints to keep (best.pt and last.pt are kept apart); resume falls
     #: back through them.
     keep_checkpoints: Annotated[int, Ge(1)] = 3
+    #: The backbone's learning rate as a fraction of meta_lr (e.g. 0.1 for a pre-trained
+    #: body under a new head); 1: the same.
+    body_lr_scale: Annotated[float, Gt(0)] = 1.0
     #: Clip the meta-gradient to this total norm; None: no clipping.
     clip_grad_norm: Annotated[float, Gt(0)] | None = None
     #: fp32, or bf16: meta-training forward passes under torch.autocast(bfloat16) (~1.7x

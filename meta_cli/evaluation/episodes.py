@@ -16,6 +16,7 @@ from meta_cli.algorithms.base import Algorithm
 from meta_cli.data.base import Split, TaskSource
 from meta_cli.runtime.distributed import World
 from meta_cli.errors import UserError
+from meta_cli.evaluation.cached import EmbeddingTable
 from meta_cli.evaluation.metrics import mean_ci95
 from meta_cli.rundir.outputs import format_table, write_accuracy, write_episodes
 from meta_cli.params import Ge, Gt
@@ -35,7 +36,8 @@ class EvalSettings:
 
     episodes: Annotated[int, Ge(1)] = 600
     seed: Annotated[int, Ge(0)] = 0
-    split: Literal["train", "val", "test"] = "test"
+    #: all: every class of the dataset (a dataset the model never saw, meta-tested whole).
+    split: Literal["train", "val", "test", "all"] = "test"
     ways: Ways = None
     shots: Shots = None
     query: Annotated[int, Ge(1)] | None = None
@@ -48,6 +50,10 @@ class EvalSettings:
     #: fast way to meta-test on many cores). null: the process's own threads (faster on one
     #: process with many cores, but then the numbers depend on the cores and processes).
     threads: Annotated[int, Ge(1)] | None = 1
+    #: Embed each image of the split once and run every episode on the cached embeddings:
+    #: the same numbers (up to float rounding), much faster; only for learners whose embedding
+    #: is fixed per image and backbones that do not normalise by batch (evaluation/cached.py).
+    cache: bool = False
     #: episodes: few-shot episodes (accuracy.csv). instances: Santoro et al.'s sequences, accuracy
     #: by the presentation number of a class (instances.csv; evaluation/instances.py). continual:
     #: classes learned one image per SGD step, class after class (evaluation/continual.py,
@@ -79,7 +85,7 @@ class EvalSettings:
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != (
             f.default_factory() if f.default is dataclasses.MISSING else f.default)}
         if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", "instances", *CONTINUAL_KEYS):
+            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", "instances", "cache", *CONTINUAL_KEYS):
                 if key in changed:
                     instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
                                else " (its trajectories per step are dataset.trajectories)" if key == "shots"
@@ -104,6 +110,8 @@ class EvalSettings:
                 if key in changed:
                     raise UserError(f"eval.{key} applies to eval.protocol=continual only; set "
                                     f"eval.protocol=continual or leave eval.{key} unset.")
+        if task == "regression" and self.cache:
+            raise UserError("eval.cache applies to image classification; leave it false for regression.")
 
     def __post_init__(self) -> None:
         # One form from here on: a list, or None for the dataset's.
@@ -200,17 +208,20 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, split: Split, episodes: int, seed: int,
-             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1) -> Result:
+             ways: int, shots: int, query: int, world: World = World(), threads: int | None = 1,
+             table: EmbeddingTable | None = None) -> Result:
     """Mean query accuracy and loss over `episodes` episodes of `split` drawn from `seed`.
 
     Each process evaluates its contiguous share of the episode numbers at `threads` intra-op
     threads and the per-episode results are gathered in episode order, so any number of
-    processes gives the result of one (at the same `threads`).
+    processes gives the result of one (at the same `threads`). `table`: the split's cached
+    embeddings (eval.cache), which the same episodes are made of.
     """
     losses, accuracies = [], []
-    with torch.no_grad(), intra_op_threads(threads):
+    with torch.no_grad(), intra_op_threads(threads), (table.body() if table else contextlib.nullcontext()):
         for index in world.share(episodes):
-            episode = source.episode(split, index, seed, ways, shots, query)
+            episode = (table.episode(index, seed, ways, shots, query) if table
+                       else source.episode(split, index, seed, ways, shots, query))
             episode_loss, episode_accuracy = algorithm.episode_loss(episode, training=False)
             losses.append(episode_loss.item())
             if episode_accuracy is not None:
@@ -259,9 +270,14 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
     its share of the episodes (`evaluate`)."""
     algorithm.eval()
     rows: list[dict[str, Any]] = []
-    for ways, shots, query in evaluation.settings(source):
+    settings = evaluation.settings(source)
+    table = None
+    if evaluation.cache:
+        with intra_op_threads(evaluation.threads):
+            table = EmbeddingTable(algorithm, source, evaluation.split)
+    for ways, shots, query in settings:
         result = evaluate(algorithm, source, evaluation.split, evaluation.episodes,
-                          evaluation.seed, ways, shots, query, world, evaluation.threads)
+                          evaluation.seed, ways, shots, query, world, evaluation.threads, table)
         rows.append({
             **identity,
             "ways": ways if source.task == "classification" else None,
@@ -275,7 +291,8 @@ def test_rows(algorithm: Algorithm, source: TaskSource, evaluation: EvalSettings
 def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """accuracy.csv, episodes.csv (every episode of every row), and the table on stdout."""
     write_episodes(run_dir / "episodes.csv", [
-        {"ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
+        {"dataset": r.get("dataset"), "eval_dataset": r.get("eval_dataset"),
+         "ways": r["ways"], "shots": r["shots"], "query": r["query"], "split": r["split"],
          "episode": i, "loss": loss,
          "accuracy": r["_episodes"].episode_accuracies[i] if r["_episodes"].episode_accuracies else None}
         for r in rows for i, loss in enumerate(r["_episodes"].episode_losses)])

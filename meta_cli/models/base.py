@@ -30,6 +30,19 @@ class Backbone(nn.Module):
         `input_shape`. The pre-flight calls it for every job; the constructor calls it first."""
 
     @classmethod
+    def input_transform(cls, **config: Any) -> Any:
+        """The image input this backbone takes whatever the dataset (an `ImageTransform`: a
+        timm model's pretrained size and normalisation), or None: the dataset's own."""
+        return None
+
+    @classmethod
+    def batch_independent(cls, **config: Any) -> bool:
+        """Whether, in eval mode, an image's embedding is the same whatever else is in its batch
+        (running batch-norm statistics, or none): meta-testing may then embed each image once
+        (eval.cache). False where batch norm uses each batch's statistics (the Conv-4 family)."""
+        return False
+
+    @classmethod
     def vmap_blocker(cls, **config: Any) -> str | None:
         """Why this config cannot run under torch.func's vmap (algorithm.backend=vmap): random
         ops (dropout) or running statistics, as the option to change; None when it can."""

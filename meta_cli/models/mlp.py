@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Any, Annotated
 
 import torch
 from torch import nn
@@ -27,3 +27,7 @@ class MLP(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @classmethod
+    def batch_independent(cls, **config: Any) -> bool:
+        return True  # no batch norm

@@ -87,6 +87,10 @@ class ResNet12(Backbone):
         self.out_features = _dry_run(self, channels, height, width)
 
     @classmethod
+    def batch_independent(cls, running_stats: bool = True, **config: Any) -> bool:
+        return running_stats  # eval mode: running statistics, dropout off
+
+    @classmethod
     def vmap_blocker(cls, embedding_dropout: float = 0.0, dropblock_dropout: float = 0.1,
                      running_stats: bool = True, **config: Any) -> str | None:
         if dropblock_dropout > 0 or embedding_dropout > 0:

@@ -55,6 +55,10 @@ class WRN28(Backbone):
         self.train()
 
     @classmethod
+    def batch_independent(cls, running_stats: bool = True, **config: Any) -> bool:
+        return running_stats  # eval mode: running statistics, dropout off
+
+    @classmethod
     def vmap_blocker(cls, dropout: float = 0.0, running_stats: bool = True, **config: Any) -> str | None:
         if dropout > 0:
             return "dropout (backbone.dropout=0 removes it)"

@@ -74,19 +74,24 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         if done.empty:
             rows.append({"setting": setting, **counts})
             continue
-        done = done.assign(kind=_kind(done), steps=done["steps"] if "steps" in done.columns else pd.NA)
-        for (ways, shots, split, steps, kind), group in done.groupby(["ways", "shots", "split", "steps", "kind"],
-                                                                     dropna=False, sort=False):
+        done = done.assign(kind=_kind(done), steps=done["steps"] if "steps" in done.columns else pd.NA,
+                           # The dataset meta-tested on (eval dataset=NAME; a folder's root is not
+                           # an override of the setting): one row per (setting, eval dataset, shots).
+                           eval_dataset=done["eval_dataset"] if "eval_dataset" in done.columns else pd.NA)
+        for (evaluated, ways, shots, split, steps, kind), group in done.groupby(
+                ["eval_dataset", "ways", "shots", "split", "steps", "kind"], dropna=False, sort=False):
             values = group[{"accuracy": "accuracy", "mse": "loss", "return": "return"}[kind]].astype(float)
-            rows.append({"setting": setting, "ways": ways, "shots": shots, "split": split, "steps": steps, **counts,
+            foreign = not (pd.isna(evaluated) or (group["dataset"] == evaluated).all())
+            rows.append({"setting": setting, "eval_dataset": evaluated if foreign else pd.NA,
+                         "ways": ways, "shots": shots, "split": split, "steps": steps, **counts,
                          "seeds": len(values), kind: values.mean(),
                          f"{kind}_ci95": group["ci95"].astype(float).mean(),
                          "seed_std": values.std(ddof=1) if len(values) > 1 else math.nan})
     table = pd.DataFrame(rows)
-    order = ["setting", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", UNREADABLE, "seeds",
+    order = ["setting", "eval_dataset", "ways", "shots", "split", "steps", "jobs", "failed", "stopped", "unfinished", UNREADABLE, "seeds",
              "accuracy", "accuracy_ci95", "mse", "mse_ci95", "return", "return_ci95", "seed_std"]
     return table.reindex(columns=[c for c in order if c in table.columns and
-                                  (c != "steps" or table["steps"].notna().any())])
+                                  (c not in ("steps", "eval_dataset") or table[c].notna().any())])
 
 
 def format_table(table: pd.DataFrame) -> str:

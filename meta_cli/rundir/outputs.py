@@ -16,11 +16,13 @@ from meta_cli.atomic import write_atomic
 #: metrics.csv's first and last columns, whatever the regime: its own go between
 #: (meta_cli.engine.regimes.base.Regime.columns).
 METRICS_LEADING, METRICS_TRAILING = ("iteration", "split"), ("tasks_per_s", "elapsed_s")
-#: test_settings: the test-time keys an eval gave (`algorithm.head=logistic ...`; empty: the
-#: checkpoint's own), which tell two evals of one checkpoint apart.
-ACCURACY_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "shots", "query", "split",
+#: dataset: the one the model was trained on; eval_dataset: the one it was meta-tested on (the
+#: same, but for `meta-cli eval dataset=NAME`: e.g. "image_folder:/data/crops"). test_settings:
+#: the test-time keys an eval gave (`algorithm.head=logistic ...`; empty: the checkpoint's
+#: own), which tell two evals of one checkpoint apart.
+ACCURACY_COLUMNS = ["algorithm", "dataset", "eval_dataset", "backbone", "ways", "shots", "query", "split",
                     "episodes", "accuracy", "ci95", "loss", "seed", "checkpoint", "test_settings"]
-EPISODE_COLUMNS = ["ways", "shots", "query", "split", "episode", "accuracy", "loss"]
+EPISODE_COLUMNS = ["dataset", "eval_dataset", "ways", "shots", "query", "split", "episode", "accuracy", "loss"]
 #: instances.csv (eval.protocol=instances): accuracy at the instance-th presentation of a class
 #: in sequences that show each of `ways` classes `presentations` times.
 INSTANCE_COLUMNS = ["algorithm", "dataset", "backbone", "ways", "presentations", "instance", "split", "episodes",
@@ -154,6 +156,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     shown = []
     for row in rows:
         cells = {k: row.get(k) for k in ("algorithm", "dataset", "ways", "shots", "query", "split", "episodes")}
+        if row.get("eval_dataset") not in (None, row.get("dataset")):  # meta-tested on another dataset
+            cells = {"algorithm": cells.pop("algorithm"), "dataset": cells.pop("dataset"),
+                     "eval_dataset": row["eval_dataset"], **cells}
         if row.get("accuracy") is not None and not math.isnan(row["accuracy"]):
             cells["accuracy"], cells["loss"] = f"{100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f} %", row["loss"]
         else:

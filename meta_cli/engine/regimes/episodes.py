@@ -37,7 +37,7 @@ class Episodes(Supervised):
 
     def start(self, settings: "TrainSettings", seed: int, bf16: bool, threads: int | None = 1) -> None:
         super().start(settings, seed, bf16, threads)
-        optimizer = self.model.meta_optimizer(settings.meta_lr)
+        optimizer = self.model.meta_optimizer(settings.meta_lr, settings.body_lr_scale)
         self.update = GradientUpdate(self.model, optimizer, schedule(optimizer, settings.lr_schedule,
                                                                      settings.iterations),
                                      self.world, settings.clip_grad_norm, bf16)

@@ -12,6 +12,7 @@ from meta_cli.engine.regimes.base import Regime
 from meta_cli.engine.instantiate import arguments, instantiate
 from meta_cli.errors import UserError
 from meta_cli.evaluation import continual, instances
+from meta_cli.evaluation.cached import check_cache
 from meta_cli.evaluation.episodes import (EpisodeValidation, EvalSettings, intra_op_threads, test_rows,
                                           write_results)
 
@@ -58,6 +59,14 @@ class Supervised(Regime):
         cls.check_training(spec)
         source.check("val", source.ways, source.shots, source.query, use="validation")
         cls.check_eval(config["algorithm"], source, spec.evaluation, outputs)
+        freeze = config["backbone"].get("freeze", False)
+        if freeze is not False and not get_object(config["algorithm"]["_target_"]).embeds_once:
+            raise UserError(f"backbone.freeze={str(freeze).lower()} applies to learners that do not adapt the body "
+                            f"in an episode (protonet, matchingnet, siamese, metaoptnet, pretrain); "
+                            f"{get_object(config['algorithm']['_target_']).__name__} differentiates through every "
+                            f"body weight: use backbone.freeze=false (and train.body_lr_scale to slow the body).")
+        if spec.evaluation.cache:
+            check_cache(config["algorithm"], config["backbone"], source, spec.evaluation.split)
 
     @classmethod
     def check_training(cls, spec: "TrainSpec") -> None:
