@@ -79,20 +79,15 @@ class EvalSettings:
     learner: Literal["model", "oracle", "scratch"] = "model"
     oracle_epochs: Annotated[int, Ge(1)] = 5
 
+    def changed(self) -> list[str]:
+        """The eval.* keys set away from their defaults, in the order of the fields."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != (
+            f.default_factory() if f.default is dataclasses.MISSING else f.default)]
+
     def check_applies(self, task: str) -> None:
-        """UserError for an eval.* key set away from its default that the meta-test of `task`
-        would not read: meta-RL tests `tasks` tasks at one thread, episodes have no tasks."""
-        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != (
-            f.default_factory() if f.default is dataclasses.MISSING else f.default)}
-        if task == "rl":
-            for key in ("episodes", "ways", "shots", "query", "threads", "protocol", "instances", "cache", *CONTINUAL_KEYS):
-                if key in changed:
-                    instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
-                               else " (its trajectories per step are dataset.trajectories)" if key == "shots"
-                               else "")
-                    raise UserError(f"eval.{key} does not apply to meta-RL, which meta-tests eval.tasks tasks "
-                                    f"(returns.csv, on one thread); leave eval.{key} unset{instead}.")
-            return
+        """UserError for an eval.* key set away from its default that the meta-test of
+        episodes (classification or regression: `task`) would not read."""
+        changed = self.changed()
         if "tasks" in changed:
             raise UserError(f"eval.tasks applies to meta-RL only; {task} meta-tests eval.episodes episodes: "
                             f"set eval.episodes instead and leave eval.tasks unset.")

@@ -46,8 +46,14 @@ class Rollouts(Regime):
     @classmethod
     def check_eval(cls, algorithm: dict[str, Any], source: Any, evaluation: EvalSettings,
                    outputs: int) -> None:
-        """Meta-RL meta-tests `eval.tasks` tasks; nothing else of eval.* shapes them."""
-        evaluation.check_applies("rl")
+        """Meta-RL meta-tests `eval.tasks` tasks (its seed and split); no other eval.* key
+        shapes them, and each is refused by name."""
+        for key in evaluation.changed():
+            if key not in ("tasks", "seed", "split"):
+                instead = ("; set eval.tasks (the number of test tasks) instead" if key == "episodes"
+                           else " (its trajectories per step are dataset.trajectories)" if key == "shots" else "")
+                raise UserError(f"eval.{key} does not apply to meta-RL, which meta-tests eval.tasks tasks "
+                                f"(returns.csv, on one thread); leave eval.{key} unset{instead}.")
 
     @classmethod
     def build(cls, config: dict[str, Any], source: Any, classes: int | None = None) -> nn.Module:
