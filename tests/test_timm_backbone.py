@@ -101,8 +101,11 @@ def test_refusals_are_one_line(cli, tmp_path, data_root, cache_dir, monkeypatch)
         with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
             (job,) = compose_jobs("train", args)
             check_train(job.config)
-    result = cli("train", *base, f"backbone.name={NAME}", "backbone.weights=hub", "hydra.run.dir=refused",
-                 env={"HF_HUB_OFFLINE": "1"})
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and len(lines) == 1 and "offline" in lines[0], result.stderr
-    assert not (tmp_path / "refused").exists()
+    # Offline as huggingface_hub is told (HF_HUB_OFFLINE), and as a machine without a route to
+    # the hub is (an endpoint that does not resolve): one line, at once, no run dir.
+    for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "https://hub.invalid"}):
+        result = cli("train", *base, f"backbone.name={NAME}", "backbone.weights=hub", "hydra.run.dir=refused",
+                     env=env)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and len(lines) == 1 and "offline" in lines[0], result.stderr
+        assert not (tmp_path / "refused").exists()

@@ -57,6 +57,27 @@ def _config(name: str) -> dict[str, Any]:
         return dict(timm.create_model(name, pretrained=False).pretrained_cfg)
 
 
+def _check_online(name: str) -> None:
+    """weights=hub on a machine that cannot reach the hub: one line now, instead of
+    huggingface_hub's retries (about 60 s measured here, without network) and its own warning.
+    Weights timm already cached, or HF_HUB_OFFLINE=1, go to timm as they are."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=5).close()
+    except OSError as exc:
+        cached = Path(os.environ.get("HF_HUB_CACHE", Path.home() / ".cache" / "huggingface" / "hub"))
+        if any(cached.glob(f"models--timm--{name.split('.')[0]}*")):
+            return  # timm reads the cached copy
+        raise UserError(f"backbone.weights=hub: this machine is offline ({host}: {exc.strerror or exc}); "
+                        f"download timm's weights of {name} where there is internet and give the file as "
+                        f"backbone.weights=PATH.") from None
+
+
 def _create(name: str, image_size: int | None, pretrained: bool = False) -> nn.Module:
     timm, config = _timm(), _config(name)
     kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": pretrained}
@@ -64,6 +85,7 @@ def _create(name: str, image_size: int | None, pretrained: bool = False) -> nn.M
         kwargs["img_size"] = image_size
     if not pretrained:
         return timm.create_model(name, **kwargs)
+    _check_online(name)
     try:
         return timm.create_model(name, **kwargs)
     except Exception as exc:  # offline: huggingface_hub's errors, OSError; no weights: RuntimeError
