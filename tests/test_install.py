@@ -67,9 +67,15 @@ def _train_one_step(algorithm: torch.nn.Module, episode: Episode) -> None:
     """The engine's step: meta-objective, backward, the algorithm's own outer optimizer."""
     before = [p.detach().clone() for p in algorithm.parameters()]
     optimizer = algorithm.meta_optimizer(1e-3)
-    if regime_of(type(algorithm)).name == "batches":  # pretrain: a mini-batch of (image, class)
+    regime = regime_of(type(algorithm)).name
+    if regime == "batches":  # pretrain: a mini-batch of (image, class)
         loss, accuracy = algorithm.batch_loss(episode.support, episode.support_labels)
         objective = loss
+    elif regime == "stream":  # OML, ANML: the support learned online, the query as the outer loss
+        classes = episode.classes
+        objective = loss = algorithm.trajectory_objective(episode.support, classes[episode.support_labels],
+                                                          episode.query, classes[episode.query_labels])[0]
+        accuracy = None
     else:
         objective, loss, accuracy = algorithm.meta_objective(episode)
     objective.backward()
@@ -94,7 +100,8 @@ def test_every_algorithm_trains_one_step(name):
     if "classification" in cls.tasks:
         episode = _classification_episode()
         backbone = instantiate(_node(CONF / "backbone" / "conv4_pool.yaml", hidden=8), input_shape=(1, 28, 28))
-        extra = {"classes": 3} if "classes" in cls.injected else {}
+        # A classifier over every training class: the sampler's 6 characters x 4 turns.
+        extra = {"classes": 24} if "classes" in cls.injected else {}
         _train_one_step(instantiate(node, backbone=backbone, task="classification", outputs=3,
                                     _convert_="all", **extra), episode)
     if "rl" in cls.tasks:  # one meta-step on two short navigation tasks
