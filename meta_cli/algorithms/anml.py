@@ -11,7 +11,7 @@ step, as OML's head does. Meta-training, `first_order` and the remember images: 
 from __future__ import annotations
 
 import copy
-from typing import Annotated
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,6 @@ from torch import nn
 from meta_cli.algorithms.base import Task
 from meta_cli.algorithms.continual import ContinualMetaLearner, Params, online, online_twin, reset_rows
 from meta_cli.errors import UserError
-from meta_cli.params import Ge, Gt
 
 PREFIX = "prediction."
 
@@ -30,18 +29,8 @@ class ANML(ContinualMetaLearner):
     network: a second backbone of the same config + a linear layer to the backbone's
     `out_features` gates (fixed in the inner loop). Both meta-learned."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: Task,
-        outputs: int,
-        classes: int,
-        fast_lr: Annotated[float, Gt(0)] = 0.03,
-        first_order: bool = False,
-        trajectory_shots: Annotated[int, Ge(1)] = 5,
-        remember: Annotated[int, Ge(0)] = 15,
-    ) -> None:
-        super().__init__(backbone, task, outputs, classes, fast_lr, first_order, trajectory_shots, remember)
+    def __init__(self, backbone: nn.Module, task: Task, outputs: int, classes: int, **config: Any) -> None:
+        super().__init__(backbone, task, outputs, classes, **config)
         # Its own weights: deepcopy copies the backbone's initial draw, then it is re-drawn so
         # that the two networks do not start equal.
         self.neuromodulator = copy.deepcopy(backbone)

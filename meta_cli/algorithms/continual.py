@@ -15,7 +15,7 @@ with a backbone: a plain loop, or `torch.func.vmap` over independent streams) an
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch.func import functional_call
 from meta_cli.algorithms.base import Algorithm, Task, full_precision
 from meta_cli.algorithms.vectorized import functional_twin
 from meta_cli.data.base import Episode
+from meta_cli.params import Ge, Gt
 
 Params = dict[str, torch.Tensor]
 Features = Any  # a tensor (N, ...) or a tuple of them
@@ -191,8 +192,17 @@ class ContinualMetaLearner(Algorithm):
     tasks = ("classification",)
     regime = "meta_cli.engine.regimes.stream.Stream"
 
-    def __init__(self, backbone: nn.Module, task: Task, outputs: int, classes: int, fast_lr: float,
-                 first_order: bool, trajectory_shots: int, remember: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: Task,
+        outputs: int,
+        classes: int,
+        fast_lr: Annotated[float, Gt(0)] = 0.03,
+        first_order: bool = False,
+        trajectory_shots: Annotated[int, Ge(1)] = 5,
+        remember: Annotated[int, Ge(0)] = 15,
+    ) -> None:
         super().__init__(backbone, task, outputs)
         self.backbone = backbone
         self.classes = classes

@@ -10,33 +10,15 @@ gradient keeps its graph; OML's public code dropped it by mistake, kjaved0/mrcl 
 """
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from meta_cli.algorithms.base import Task
 from meta_cli.algorithms.continual import ContinualMetaLearner, Params, reset_rows
-from meta_cli.params import Ge, Gt
 
 
 class OML(ContinualMetaLearner):
     """Backbone (meta-learned, fixed in the inner loop) + linear head (its initialisation
     meta-learned, adapted in the inner loop); see `ContinualMetaLearner` for the keys."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: Task,
-        outputs: int,
-        classes: int,
-        fast_lr: Annotated[float, Gt(0)] = 0.03,
-        first_order: bool = False,
-        trajectory_shots: Annotated[int, Ge(1)] = 5,
-        remember: Annotated[int, Ge(0)] = 15,
-    ) -> None:
-        super().__init__(backbone, task, outputs, classes, fast_lr, first_order, trajectory_shots, remember)
 
     def stream_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, D) representations in the head's precision (float32 under bf16
