@@ -96,6 +96,11 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     """The aggregate as text: accuracy and its interval in %, MSE in its own columns."""
+    # A result no job of the table has (runs whose result is continual.csv: continual.png) is
+    # left out rather than shown as empty columns.
+    for metric in ("accuracy", "mse", "return"):
+        if metric in table.columns and table[metric].isna().all():
+            table = table.drop(columns=[c for c in (metric, f"{metric}_ci95") if c in table.columns])
     shown = table.copy()
     for column in ("ways", "shots", "seeds", "steps"):
         if column in shown.columns:
