@@ -1,9 +1,8 @@
 """Counts how often one training job enters engine/build.py and config/validation.py from another
 module, from apps/train.py's train() down. Usage: python scripts/trace_config_path.py train dataset=sinusoid ...
 (the numbers docs/architecture.md gives)."""
-from pathlib import Path
-
-import meta_cli.apps.train as app
+import collections
+import sys
 
 counts = collections.Counter()
 modules = {"build.py": "meta_cli/engine/build.py", "validation.py": "meta_cli/config/validation.py"}
