@@ -79,7 +79,7 @@ def _free_port() -> int:
 
 
 GRADIENT = '''
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 from meta_cli.runtime.distributed import World
 from meta_cli.engine.settings import TrainSettings
 from meta_cli.engine.regimes.episodes import Episodes
@@ -97,6 +97,13 @@ regime.update.optimizer = torch.optim.SGD(algorithm.parameters(), lr=0.0)  # kee
 regime.step(1)
 if rank == 0:
     torch.save([p.grad for p in algorithm.parameters()], out)
+if size > 1:
+    # As meta_cli.runtime.distributed.finish ends a rank: meet, then leave without the
+    # interpreter's teardown, where gloo's threads can abort a finished rank (SIGABRT,
+    # "terminate called without an active exception").
+    dist.barrier()
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)
 '''
 
 
